@@ -1,0 +1,7 @@
+"""`python -m editflow` runs the command-line interface."""
+
+import sys
+
+from editflow.cli import main
+
+sys.exit(main())

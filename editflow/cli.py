@@ -1,0 +1,185 @@
+"""The `editflow` command: run a manifest, edit one image, validate a manifest.
+
+Exit codes: 0 every row ok, 2 some rows failed, 1 fatal (nothing or not everything could run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from editflow import __version__
+from editflow.config import OUTPUT_FORMATS, RunConfig
+from editflow.engines import DEFAULT_ENGINE, ENGINES
+from editflow.manifest import TASKS, ManifestError, RowError, parse_row, read_manifest
+
+EXIT_OK, EXIT_FATAL, EXIT_ROW_ERRORS = 0, 1, 2
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=sorted(ENGINES),
+                        help=f"engine for rows that name none (default: {DEFAULT_ENGINE}, weight-free)")
+    parser.add_argument("--model", default=None, help="model for rows that name none (hub id or local dir)")
+    parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when present, else cpu)")
+    parser.add_argument("--format", dest="output_format", default="png", choices=OUTPUT_FORMATS,
+                        help="output image format (default png; PNG carries the row's parameters)")
+    parser.add_argument("--allow-scheme", action="append", default=[], metavar="SCHEME",
+                        help="also read images from this URI scheme (s3, gs, http, https); repeatable")
+    parser.add_argument("--allow-private-hosts", action="store_true",
+                        help="let http(s) URIs reach loopback/private/link-local addresses (off by default)")
+    parser.add_argument("--max-pixels", type=int, default=50_000_000,
+                        help="refuse images above this many pixels (decompression-bomb guard; default 50e6)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="editflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"editflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="edit every row of a manifest into an output folder",
+                         description="Edit every row of MANIFEST (Parquet, CSV or JSONL). Images go to OUT/images, "
+                                     "masks to OUT/masks, one result row per manifest row to OUT/results/*.parquet, "
+                                     "and OUT/summary.json closes the run.")
+    run.add_argument("manifest", help="manifest file (.parquet, .csv, .jsonl)")
+    run.add_argument("-o", "--out", required=True, help="output folder")
+    run.add_argument("--executor", default="ray", choices=("ray", "local"),
+                     help="ray (default; embedded local cluster unless RAY_ADDRESS is set) or local (in-process)")
+    run.add_argument("--workers", type=int, default=None, help="edit actors on Ray (default: one per GPU, or 1)")
+    run.add_argument("--batch-size", type=int, default=4, help="rows per engine call (default 4)")
+    run.add_argument("--rows-per-block", type=int, default=8,
+                     help="rows per Ray block: the unit of retry and failure (default 8)")
+    run.add_argument("--resume", action="store_true", help="skip rows already ok in OUT and re-run the rest")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_common(run)
+
+    edit = sub.add_parser("edit", help="edit one image through the same stages",
+                          description="Edit one image: editflow edit photo.jpg --mask box:10,10,90,90 -o out.png")
+    edit.add_argument("image", help="input image path or URI")
+    edit.add_argument("--mask", default=None, help="mask spec or mask image (box:..., polygon:..., full, a file)")
+    edit.add_argument("--task", default="inpaint", choices=TASKS, help="task (default inpaint)")
+    edit.add_argument("--prompt", default=None)
+    edit.add_argument("--negative-prompt", default=None)
+    edit.add_argument("--reference", default=None, help="reference image (garment for tryon, face for makeup)")
+    edit.add_argument("--category", default=None, choices=("upper", "lower", "dress"))
+    edit.add_argument("--seed", type=int, default=None)
+    edit.add_argument("--steps", type=int, default=None)
+    edit.add_argument("--strength", type=float, default=None)
+    edit.add_argument("--guidance-scale", type=float, default=None)
+    edit.add_argument("--jump-length", type=int, default=None)
+    edit.add_argument("--jump-n-sample", type=int, default=None)
+    edit.add_argument("--mask-grow", type=int, default=None)
+    edit.add_argument("--mask-feather", type=int, default=None)
+    edit.add_argument("--params", default=None, help="engine extras as a JSON object")
+    edit.add_argument("-o", "--out", required=True, help="output image path (.png, .jpg, .webp)")
+    edit.add_argument("--save-mask", default=None, help="also write the mask used to this path")
+    _add_common(edit)
+
+    validate = sub.add_parser("validate", help="check a manifest row by row without editing anything")
+    validate.add_argument("manifest")
+    validate.add_argument("--quiet", action="store_true", help="print only failing rows and the verdict")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "edit": cmd_edit, "validate": cmd_validate}[args.command](args)
+    except ManifestError as exc:
+        print(f"editflow: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print("editflow: interrupted; finished rows are kept, continue with --resume", file=sys.stderr)
+        return EXIT_FATAL
+
+
+def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> RunConfig:
+    return RunConfig(
+        out_dir=out_dir, base_dir=base_dir, engine=args.engine, model=args.model, device=args.device,
+        output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
+        allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels, **extra,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from editflow.runners.driver import RunError, run_manifest
+
+    manifest = read_manifest(args.manifest)
+    config = _config(args, args.out, manifest.base_dir, batch_size=args.batch_size)
+    try:
+        summary = run_manifest(manifest, config, executor=args.executor, resume=args.resume,
+                               workers=args.workers, rows_per_block=args.rows_per_block, progress=not args.quiet)
+    except RunError as exc:
+        print(f"editflow: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    counts = summary["status"]
+    out = Path(args.out)
+    print(f"editflow: {summary['rows']} rows: {counts['ok']} ok, {counts['error']} error, "
+          f"{summary['missing']} missing ({summary['wall_s']} s, {args.executor})")
+    print(f"  images:  {out / 'images'}")
+    print(f"  results: {out / 'results'}")
+    print(f"  summary: {out / 'summary.json'}")
+    for error_type, count in summary["error_types"].items():
+        print(f"  {count} x {error_type}", file=sys.stderr)
+    return summary["exit_code"]
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from editflow.media import atomic_write_bytes, encode_image
+    from editflow.runners.local import build_stages
+    from editflow.runners.stages import new_row, run_stages
+
+    target = Path(args.out)
+    fmt = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(target.suffix.lower(), "png")
+    raw = {
+        "id": target.stem or "edit", "task": args.task, "image": args.image, "mask": args.mask,
+        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "reference": args.reference,
+        "category": args.category, "params": args.params,
+        **{k: None if v is None else str(v) for k, v in {
+            "seed": args.seed, "steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance_scale,
+            "jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample, "mask_grow": args.mask_grow,
+            "mask_feather": args.mask_feather}.items()},
+    }
+    with tempfile.TemporaryDirectory(prefix="editflow-edit-") as scratch:
+        config = _config(args, scratch, os.getcwd(), output_format=fmt)
+        row = run_stages([new_row(raw, config.run_id)], build_stages(config))[0]
+        if row["status"] != "ok":
+            print(f"editflow: {row['error_stage']} failed: {row['error_message']}", file=sys.stderr)
+            return EXIT_ROW_ERRORS
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, (Path(scratch) / row["output"]).read_bytes())
+        if args.save_mask:
+            shutil.copyfile(Path(scratch) / row["mask_output"], args.save_mask)
+    print(json.dumps({k: row.get(k) for k in ("engine", "task", "seed", "steps", "strength", "nfe", "width", "height",
+                                             "mask_area", "unmasked_max_diff", "t_edit_s")}, default=str))
+    print(f"editflow: wrote {target}")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from editflow.media import MediaError, resolve_uri
+
+    manifest = read_manifest(args.manifest)
+    bad = 0
+    for raw in manifest.rows():
+        try:
+            row = parse_row(raw)
+            for label, uri in (("image", row.image), ("reference", row.reference), ("mask", row.mask.uri)):
+                if uri:
+                    resolved = resolve_uri(uri, manifest.base_dir)
+                    if "://" not in resolved and not Path(resolved).is_file():
+                        raise RowError(f"{label} not found: {resolved}")
+        except (RowError, MediaError) as exc:
+            bad += 1
+            print(f"error  {raw['id']}: {exc}")
+            continue
+        if not args.quiet:
+            print(f"ok     {raw['id']}")
+    if manifest.extra_columns:
+        print(f"note: columns not used by editflow: {', '.join(manifest.extra_columns)}", file=sys.stderr)
+    print(f"{len(manifest) - bad} ok, {bad} invalid of {len(manifest)} rows")
+    return EXIT_ROW_ERRORS if bad else EXIT_OK

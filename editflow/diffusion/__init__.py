@@ -1,0 +1,1 @@
+"""The one masked diffusion sampler and the denoisers that plug into it."""

@@ -1,0 +1,309 @@
+"""Manifests: one row = one edit. Parquet, CSV or JSONL in; validated rows out.
+
+Manifest-level problems (unreadable file, missing required column, duplicate or empty ids) raise
+`ManifestError` before any work starts. Row-level problems (unknown task, bad numbers, malformed
+mask spec) are reported per row by `parse_row` so the run turns them into error result rows.
+
+Every manifest column travels as a string (`RAW_SCHEMA`) until `parse_row` types it, so a
+wrongly typed cell fails its own row instead of the whole file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from editflow.masks.spec import MaskSpec, MaskSpecError, parse_mask_spec
+
+TASKS = ("inpaint", "sdedit", "repaint", "tryon", "makeup")
+CATEGORIES = ("upper", "lower", "dress")
+REQUIRED_COLUMNS = ("id", "task", "image")
+#: every manifest column, in order; all are carried as strings until `parse_row`.
+COLUMNS = (
+    "id", "task", "image", "mask", "prompt", "negative_prompt", "reference", "category", "seed",
+    "steps", "strength", "guidance_scale", "jump_length", "jump_n_sample", "engine", "model",
+    "mask_grow", "mask_feather", "params",
+)
+RAW_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in COLUMNS])
+MAX_SEED = 2**63 - 1
+
+
+class ManifestError(Exception):
+    """The manifest as a whole cannot be used; nothing has run."""
+
+
+class RowError(ValueError):
+    """One row is invalid; it becomes an error result row."""
+
+
+@dataclass
+class EditRow:
+    """A validated manifest row with typed values (paths not yet resolved or opened)."""
+
+    id: str
+    task: str
+    image: str
+    mask: MaskSpec
+    seed: int
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    reference: str | None = None
+    category: str | None = None
+    steps: int | None = None
+    strength: float | None = None
+    guidance_scale: float | None = None
+    jump_length: int | None = None
+    jump_n_sample: int | None = None
+    engine: str | None = None
+    model: str | None = None
+    mask_grow: int = 0
+    mask_feather: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    """Raw rows (all strings) plus where relative paths resolve from."""
+
+    table: pa.Table  # RAW_SCHEMA
+    base_dir: str
+    path: str
+    extra_columns: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def rows(self) -> list[dict[str, str | None]]:
+        return self.table.to_pylist()
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read a Parquet, CSV or JSONL manifest and check its manifest-level rules."""
+    p = Path(path)
+    if not p.exists():
+        raise ManifestError(f"manifest not found: {p}")
+    if p.is_dir():
+        raise ManifestError(f"manifest is a directory, expected a .parquet, .csv or .jsonl file: {p}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            table = pq.read_table(p)
+        elif suffix == ".csv":
+            table = _read_csv(p)
+        elif suffix in (".jsonl", ".ndjson", ".json"):
+            table = _read_jsonl(p)
+        else:
+            raise ManifestError(f"unknown manifest format {suffix!r} for {p}: use .parquet, .csv or .jsonl")
+    except ManifestError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise ManifestError(f"cannot read manifest {p}: {exc}") from exc
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ManifestError(
+            f"manifest {p} is missing required column(s) {', '.join(missing)}; "
+            f"it has: {', '.join(table.column_names) or '(none)'}"
+        )
+    extra = [c for c in table.column_names if c not in COLUMNS]
+    raw = _to_raw(table)
+    _check_ids(raw, p)
+    return Manifest(table=raw, base_dir=str(p.resolve().parent), path=str(p.resolve()), extra_columns=extra)
+
+
+def _read_csv(p: Path) -> pa.Table:
+    with open(p, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), None)
+    if not header:
+        raise ManifestError(f"manifest {p} is empty (no header line)")
+    options = pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in header}, strings_can_be_null=True, null_values=[""]
+    )
+    return pacsv.read_csv(p, convert_options=options)
+
+
+def _read_jsonl(p: Path) -> pa.Table:
+    rows: list[dict[str, Any]] = []
+    with open(p, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"manifest {p} line {number} is not valid JSON: {exc.msg}") from exc
+            if not isinstance(value, dict):
+                raise ManifestError(f"manifest {p} line {number} is not a JSON object")
+            rows.append(value)
+    names: dict[str, None] = {}
+    for row in rows:
+        names.update(dict.fromkeys(row))
+    columns = {n: [_cell_to_str(r.get(n)) for r in rows] for n in names}
+    return pa.table({n: pa.array(v, pa.string()) for n, v in columns.items()})
+
+
+def _cell_to_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _to_raw(table: pa.Table) -> pa.Table:
+    """Cast known columns to string (nulls and empty strings -> null); add missing ones as null."""
+    arrays = []
+    for name in COLUMNS:
+        if name in table.column_names:
+            column = table.column(name)
+            if not pa.types.is_string(column.type):
+                if pa.types.is_floating(column.type):
+                    # whole floats would print as "30.0"; keep them readable and integral
+                    column = pa.chunked_array([pa.array([_cell_to_str(_tidy_number(v)) for v in column.to_pylist()], pa.string())])
+                else:
+                    try:
+                        column = pc.cast(column, pa.string())
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        column = pa.chunked_array([pa.array([_cell_to_str(v) for v in column.to_pylist()], pa.string())])
+            column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+            arrays.append(column)
+        else:
+            arrays.append(pa.nulls(table.num_rows, pa.string()))
+    return pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)
+
+
+def _tidy_number(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_ids(table: pa.Table, p: Path) -> None:
+    ids = table.column("id").to_pylist()
+    empty = [i + 1 for i, v in enumerate(ids) if v is None or not v.strip()]
+    if empty:
+        raise ManifestError(f"manifest {p}: {len(empty)} row(s) have an empty id (first at row {empty[0]})")
+    seen: dict[str, int] = {}
+    duplicates: list[str] = []
+    for value in ids:
+        seen[value] = seen.get(value, 0) + 1
+        if seen[value] == 2:
+            duplicates.append(value)
+    if duplicates:
+        shown = ", ".join(repr(d) for d in duplicates[:5])
+        raise ManifestError(f"manifest {p}: duplicate id(s) {shown}" + (" ..." if len(duplicates) > 5 else ""))
+
+
+def seed_for_id(row_id: str) -> int:
+    """The default seed of a row: the first 8 bytes of sha256(id), as a non-negative int64."""
+    return int.from_bytes(hashlib.sha256(row_id.encode("utf-8")).digest()[:8], "big") & MAX_SEED
+
+
+def parse_row(raw: dict[str, Any]) -> EditRow:
+    """Type and check one raw manifest row; raise `RowError` with a readable reason."""
+    row_id = raw.get("id")
+    if not row_id:
+        raise RowError("row has no id")
+    task = (raw.get("task") or "").strip().lower()
+    if task not in TASKS:
+        raise RowError(f"unknown task {raw.get('task')!r}; expected one of {', '.join(TASKS)}")
+    image = raw.get("image")
+    if not image:
+        raise RowError("row has no image")
+    try:
+        mask = parse_mask_spec(raw.get("mask"))
+    except MaskSpecError as exc:
+        raise RowError(f"mask: {exc}") from None
+
+    steps = _int(raw, "steps", minimum=1)
+    strength = _float(raw, "strength")
+    if strength is not None and not 0.0 < strength <= 1.0:
+        raise RowError(f"strength must be in (0, 1], got {strength}")
+    guidance = _float(raw, "guidance_scale")
+    if guidance is not None and guidance < 0:
+        raise RowError(f"guidance_scale must be >= 0, got {guidance}")
+    seed = _int(raw, "seed", minimum=0)
+    if seed is not None and seed > MAX_SEED:
+        raise RowError(f"seed must fit in int64, got {seed}")
+    category = raw.get("category")
+    if category is not None:
+        category = category.strip().lower()
+        if category not in CATEGORIES:
+            raise RowError(f"unknown category {raw.get('category')!r}; expected one of {', '.join(CATEGORIES)}")
+    if task in ("tryon", "makeup") and not raw.get("reference"):
+        raise RowError(f"task {task} needs a reference image (column 'reference')")
+    params_text = raw.get("params")
+    params: dict[str, Any] = {}
+    if params_text:
+        try:
+            params = json.loads(params_text)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"params is not valid JSON: {exc.msg}") from None
+        if not isinstance(params, dict):
+            raise RowError("params must be a JSON object")
+
+    return EditRow(
+        id=str(row_id),
+        task=task,
+        image=image,
+        mask=mask,
+        seed=seed_for_id(str(row_id)) if seed is None else seed,
+        prompt=raw.get("prompt"),
+        negative_prompt=raw.get("negative_prompt"),
+        reference=raw.get("reference"),
+        category=category,
+        steps=steps,
+        strength=strength,
+        guidance_scale=guidance,
+        jump_length=_int(raw, "jump_length", minimum=1),
+        jump_n_sample=_int(raw, "jump_n_sample", minimum=1),
+        engine=(raw.get("engine") or None),
+        model=(raw.get("model") or None),
+        mask_grow=_int(raw, "mask_grow") or 0,
+        mask_feather=_int(raw, "mask_feather", minimum=0) or 0,
+        params=params,
+    )
+
+
+def _number(raw: dict[str, Any], name: str) -> float | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise RowError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise RowError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _float(raw: dict[str, Any], name: str) -> float | None:
+    return _number(raw, name)
+
+
+def _int(raw: dict[str, Any], name: str, minimum: int | None = None) -> int | None:
+    number = _number(raw, name)
+    if number is None:
+        return None
+    if not number.is_integer():
+        raise RowError(f"{name} must be an integer, got {raw.get(name)!r}")
+    value = int(str(raw.get(name)).strip()) if str(raw.get(name)).strip().lstrip("-").isdigit() else int(number)
+    if minimum is not None and value < minimum:
+        raise RowError(f"{name} must be >= {minimum}, got {value}")
+    return value

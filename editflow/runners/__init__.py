@@ -1,0 +1,1 @@
+"""Runners: plain-Python stages, looped in-process (`local`) or spread by Ray Data (`ray`)."""

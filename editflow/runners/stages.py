@@ -1,0 +1,329 @@
+"""The four stages of an edit: prepare -> mask -> edit -> write, over batches of rows.
+
+A row is a dict: the raw manifest cells under "manifest", the result columns at the top level,
+and in-flight arrays under "_image", "_mask", "_reference", "_output". Every stage catches errors
+per row, marks that row (status "error", the stage, the exception type and a readable message)
+and passes rows that already failed through untouched. Stages are plain Python: the local runner
+calls them directly and the Ray runner wraps them in `map_batches`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from editflow import __version__
+from editflow.config import RunConfig
+from editflow.engines import EditRequest, Engine, get_engine_class
+from editflow.engines.base import composite_unmasked, unmasked_max_diff
+from editflow.manifest import EditRow, RowError, parse_row
+from editflow.masks import ops
+from editflow.masks.render import render_geometric
+from editflow.masks.spec import AUTO_KINDS, MaskSpec, parse_mask_spec
+from editflow.media import (
+    atomic_write_bytes, decode_image, encode_image, load_mask_file, read_bytes, resolve_uri,
+    safe_join, safe_output_name, sha256_hex,
+)
+
+Row = dict[str, Any]
+PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output")
+MAX_ERROR_CHARS = 1000
+
+
+class MaskNotAvailableError(RuntimeError):
+    """The mask spec names a mask maker that this build does not have yet."""
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_row(raw: dict[str, Any], run_id: str) -> Row:
+    """The starting state of a row: its raw manifest cells and identity columns."""
+    return {
+        "manifest": dict(raw),
+        "id": raw.get("id"),
+        "task": raw.get("task"),
+        "image": raw.get("image"),
+        "reference": raw.get("reference"),
+        "mask_spec": raw.get("mask"),
+        "prompt": raw.get("prompt"),
+        "negative_prompt": raw.get("negative_prompt"),
+        "category": raw.get("category"),
+        "status": "ok",
+        "run_id": run_id,
+        "attempt": 1,
+        "editflow_version": __version__,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "started_at": now_utc(),
+    }
+
+
+def mark_error(row: Row, stage: str, exc: BaseException) -> None:
+    """Turn a row into an error row and drop its in-flight arrays."""
+    message = str(exc) or exc.__class__.__name__
+    row.update(
+        status="error",
+        error_stage=stage,
+        error_type=exc.__class__.__name__,
+        error_message=message[:MAX_ERROR_CHARS],
+        finished_at=now_utc(),
+    )
+    for key in PAYLOAD_KEYS:
+        row.pop(key, None)
+
+
+def _parsed(row: Row) -> EditRow:
+    return parse_row(row["manifest"])
+
+
+class Stage:
+    """Per-row error isolation around `process_row`; subclasses may override `process`."""
+
+    name = "stage"
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        pending = [r for r in rows if r["status"] == "ok"]
+        if pending:
+            self.process(pending)
+        return rows
+
+    def process(self, rows: list[Row]) -> None:
+        for row in rows:
+            try:
+                self.process_row(row)
+            except Exception as exc:  # one bad row never stops the others
+                mark_error(row, self.name, exc)
+
+    def process_row(self, row: Row) -> None:
+        raise NotImplementedError
+
+
+class PrepareStage(Stage):
+    """Validate the row, read and decode the image (and reference) under the media policy."""
+
+    name = "prepare"
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__(config)
+        self.policy = config.media_policy()
+
+    def process_row(self, row: Row) -> None:
+        started = time.perf_counter()
+        edit = _parsed(row)
+        row.update(seed=edit.seed, mask_spec=edit.mask.text, task=edit.task, category=edit.category)
+        uri = resolve_uri(edit.image, self.config.base_dir)
+        data = read_bytes(uri, self.policy)
+        decoded = decode_image(data, self.policy, name=edit.image)
+        row["_image"] = decoded.array
+        row["input_sha256"] = sha256_hex(data)
+        row["height"], row["width"] = decoded.array.shape[:2]
+        if edit.reference:
+            ref_uri = resolve_uri(edit.reference, self.config.base_dir)
+            row["_reference"] = decode_image(read_bytes(ref_uri, self.policy), self.policy, name=edit.reference).array
+        row["t_load_s"] = time.perf_counter() - started
+
+
+def resolve_auto(spec: MaskSpec, edit: EditRow) -> MaskSpec:
+    """What `auto` means for each task."""
+    if spec.kind != "auto":
+        return spec
+    if edit.task == "sdedit":
+        return parse_mask_spec("full")
+    if edit.task == "tryon":
+        return parse_mask_spec(f"garment:{edit.category or 'upper'}")
+    if edit.task == "makeup":
+        return parse_mask_spec("face:lips+eyes+brows")
+    raise RowError(f"task {edit.task} needs a mask: box:x0,y0,x1,y1, polygon:..., sam:..., or a mask image")
+
+
+class MaskStage(Stage):
+    """Make the row's float mask (1 = edit) at the image's size, then grow and feather it."""
+
+    name = "mask"
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__(config)
+        self.policy = config.media_policy()
+
+    def process_row(self, row: Row) -> None:
+        started = time.perf_counter()
+        edit = _parsed(row)
+        spec = resolve_auto(edit.mask, edit)
+        height, width = row["_image"].shape[:2]
+        if spec.kind in ("box", "polygon", "full"):
+            mask = render_geometric(spec, width, height)
+        elif spec.kind == "file":
+            mask = load_mask_file(resolve_uri(spec.uri, self.config.base_dir), self.policy, (width, height))
+        elif spec.kind in AUTO_KINDS:
+            raise MaskNotAvailableError(
+                f"mask spec {spec.text!r} needs the {spec.kind} mask maker, which is not available yet; "
+                "use box:, polygon: or a mask image"
+            )
+        else:
+            raise RowError(f"cannot make a mask from {spec.text!r}")
+        mask = ops.feather(ops.grow(mask, edit.mask_grow), edit.mask_feather)
+        if not (mask > 0).any():
+            raise RowError(f"mask {spec.text!r} is empty after mask_grow={edit.mask_grow}")
+        row["_mask"] = mask.astype(np.float32)
+        row["mask_spec"] = spec.text
+        row["mask_area"] = ops.area_fraction(mask)
+        row["t_mask_s"] = time.perf_counter() - started
+
+
+class EditStage(Stage):
+    """Run each row's engine over batches of rows, then paste unmasked pixels back exactly."""
+
+    name = "edit"
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__(config)
+        self.engines: dict[tuple[str, str | None], Engine] = {}
+        self.device = config.device or _default_device()
+
+    def engine(self, name: str, model: str | None) -> Engine:
+        key = (name, model)
+        if key not in self.engines:  # models load once per worker
+            self.engines[key] = get_engine_class(name)(model=model, device=self.device)
+        return self.engines[key]
+
+    def process(self, rows: list[Row]) -> None:
+        groups: dict[tuple[str, str | None], list[Row]] = defaultdict(list)
+        for row in rows:
+            edit = _parsed(row)
+            groups[(edit.engine or self.config.engine, edit.model or self.config.model)].append(row)
+        for (name, model), group in groups.items():
+            try:
+                engine = self.engine(name, model)
+            except Exception as exc:
+                for row in group:
+                    mark_error(row, self.name, exc)
+                continue
+            size = max(1, self.config.batch_size)
+            for start in range(0, len(group), size):
+                self._run(engine, group[start:start + size])
+
+    def _run(self, engine: Engine, rows: list[Row]) -> None:
+        started = time.perf_counter()
+        requests = [self._request(row) for row in rows]
+        try:
+            results = engine.edit_batch(requests)
+        except Exception as exc:
+            results = [exc] * len(rows)
+        elapsed = (time.perf_counter() - started) / len(rows)
+        for row, request, result in zip(rows, requests, results):
+            if isinstance(result, Exception):
+                mark_error(row, self.name, result)
+                continue
+            try:
+                output = composite_unmasked(request.image, result.image, request.mask)
+            except Exception as exc:
+                mark_error(row, self.name, exc)
+                continue
+            row["_output"] = output
+            row.update(
+                engine=engine.name, model=result.model or engine.model, model_revision=result.model_revision,
+                scheduler=result.scheduler, steps=result.steps, strength=result.strength,
+                guidance_scale=result.guidance_scale, jump_length=result.jump_length,
+                jump_n_sample=result.jump_n_sample, nfe=result.nfe,
+                proc_width=result.proc_width or request.image.shape[1],
+                proc_height=result.proc_height or request.image.shape[0],
+                unmasked_max_diff=unmasked_max_diff(request.image, output, request.mask),
+                device=engine.device_name, t_edit_s=elapsed,
+                torch_version=_version("torch"), diffusers_version=_version("diffusers"),
+            )
+
+    @staticmethod
+    def _request(row: Row) -> EditRequest:
+        edit = _parsed(row)
+        return EditRequest(
+            id=edit.id, task=edit.task, image=row["_image"], mask=row["_mask"], seed=edit.seed,
+            reference=row.get("_reference"), prompt=edit.prompt, negative_prompt=edit.negative_prompt,
+            steps=edit.steps, strength=edit.strength, guidance_scale=edit.guidance_scale,
+            jump_length=edit.jump_length, jump_n_sample=edit.jump_n_sample, category=edit.category,
+            params=edit.params,
+        )
+
+
+class WriteStage(Stage):
+    """Encode and atomically write the output image and its mask inside OUT; finish the row."""
+
+    name = "write"
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__(config)
+        self.out = Path(config.out_dir)
+        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        if config.write_masks:
+            (self.out / "masks").mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, rows: list[Row]) -> list[Row]:
+        rows = super().__call__(rows)
+        for row in rows:  # nothing in flight leaves the pipeline
+            for key in PAYLOAD_KEYS:
+                row.pop(key, None)
+        return rows
+
+    def process_row(self, row: Row) -> None:
+        started = time.perf_counter()
+        fmt = self.config.output_format
+        name = safe_output_name(row["id"], "." + ("jpg" if fmt == "jpeg" else fmt))
+        data = encode_image(row["_output"], fmt, metadata={"editflow": json.dumps(_parameters(row), sort_keys=True)})
+        atomic_write_bytes(safe_join(self.out / "images", name), data)
+        row["output"] = f"images/{name}"
+        row["output_sha256"] = sha256_hex(data)
+        if self.config.write_masks:
+            mask_name = safe_output_name(row["id"], ".png")
+            mask_bytes = encode_image(np.rint(row["_mask"] * 255).astype(np.uint8), "png")
+            atomic_write_bytes(safe_join(self.out / "masks", mask_name), mask_bytes)
+            row["mask_output"] = f"masks/{mask_name}"
+        row["t_write_s"] = time.perf_counter() - started
+        row["finished_at"] = now_utc()
+
+
+PARAMETER_KEYS = (
+    "id", "task", "engine", "model", "model_revision", "scheduler", "steps", "strength", "guidance_scale",
+    "jump_length", "jump_n_sample", "seed", "mask_spec", "prompt", "negative_prompt", "nfe", "editflow_version",
+)
+
+
+def _parameters(row: Row) -> dict[str, Any]:
+    return {k: row.get(k) for k in PARAMETER_KEYS if row.get(k) is not None}
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    except ImportError:
+        pass
+    return "cpu"
+
+
+def _version(package: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:
+        return None
+
+
+def run_stages(rows: list[Row], stages: list[Stage]) -> list[Row]:
+    """Pass rows through the stages in order (the in-process pipeline)."""
+    for stage in stages:
+        rows = stage(rows)
+    return rows
