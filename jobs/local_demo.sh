@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Start a Ray head on 127.0.0.1, submit the demo manifest with `ray job submit`, wait for it,
+# and stop only the cluster this script started (never `ray stop`, which stops every Ray on the box).
+#   jobs/local_demo.sh OUT [manifest]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(python -c 'import os,sys; print(os.path.abspath(sys.argv[1]))' "${1:-out/job-demo}")
+manifest=${2:-manifests/demo.jsonl}
+export RAY_USAGE_STATS_ENABLED=0
+export RAY_AUTH_MODE=token  # heads started by `ray start` use token auth by default (Ray >= 2.59)
+
+free_port() { python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+gcs_port=$(free_port)
+dash_port=$(free_port)
+log=$(mktemp -t editflow-ray-head.XXXXXX.log)
+
+# --block keeps the head in this child process; terminating it shuts down what it started.
+ray start --head --block --node-ip-address=127.0.0.1 --port="$gcs_port" \
+  --dashboard-host=127.0.0.1 --dashboard-port="$dash_port" --include-dashboard=true \
+  --num-cpus=4 --disable-usage-stats >"$log" 2>&1 &
+head_pid=$!
+stop_head() {
+  kill -TERM "$head_pid" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 "$head_pid" 2>/dev/null || break; sleep 1; done
+  kill -KILL "$head_pid" 2>/dev/null || true
+}
+trap stop_head EXIT
+
+export RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dash_port"
+for _ in $(seq 1 120); do
+  if python -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1] + "/api/version", timeout=2)' \
+       "$RAY_API_SERVER_ADDRESS" 2>/dev/null; then break; fi
+  kill -0 "$head_pid" 2>/dev/null || { echo "ray head failed to start:" >&2; cat "$log" >&2; exit 1; }
+  sleep 1
+done
+
+echo "editflow: submitting $manifest to the head at $RAY_API_SERVER_ADDRESS, output $out"
+rc=0
+ray job submit --submission-id "editflow-demo-$$-$(date +%s)" --runtime-env jobs/runtime_env.yaml \
+  --entrypoint-num-cpus 0 -- python -m editflow run "$manifest" -o "$out" || rc=$?
+echo "editflow: job finished with exit code $rc; results in $out/results"
+exit $rc
