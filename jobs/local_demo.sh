@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Start a Ray head on 127.0.0.1, submit the demo manifest with `ray job submit`, wait for it,
 # and stop only the cluster this script started (never `ray stop`, which stops every Ray on the box).
-#   jobs/local_demo.sh OUT [manifest]
+#   jobs/local_demo.sh [OUT [MANIFEST [editflow run options...]]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(python -c 'import os,sys; print(os.path.abspath(sys.argv[1]))' "${1:-out/job-demo}")
 manifest=${2:-manifests/demo.jsonl}
+shift $(( $# > 2 ? 2 : $# ))
 export RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE=token  # heads started by `ray start` use token auth by default (Ray >= 2.59)
 
@@ -28,8 +29,14 @@ trap stop_head EXIT
 
 export RAY_API_SERVER_ADDRESS="http://127.0.0.1:$dash_port"
 for _ in $(seq 1 120); do
-  if python -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1] + "/api/version", timeout=2)' \
-       "$RAY_API_SERVER_ADDRESS" 2>/dev/null; then break; fi
+  # any HTTP answer (401 under token auth included) means the job server is up
+  if python - "$RAY_API_SERVER_ADDRESS" <<'PY' 2>/dev/null; then break; fi
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1] + "/api/version", timeout=2)
+except urllib.error.HTTPError:
+    pass
+PY
   kill -0 "$head_pid" 2>/dev/null || { echo "ray head failed to start:" >&2; cat "$log" >&2; exit 1; }
   sleep 1
 done
@@ -37,6 +44,6 @@ done
 echo "editflow: submitting $manifest to the head at $RAY_API_SERVER_ADDRESS, output $out"
 rc=0
 ray job submit --submission-id "editflow-demo-$$-$(date +%s)" --runtime-env jobs/runtime_env.yaml \
-  --entrypoint-num-cpus 0 -- python -m editflow run "$manifest" -o "$out" || rc=$?
+  --entrypoint-num-cpus 0 -- python -m editflow run "$manifest" -o "$out" "$@" || rc=$?
 echo "editflow: job finished with exit code $rc; results in $out/results"
 exit $rc
