@@ -28,6 +28,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when present, else cpu)")
     parser.add_argument("--format", dest="output_format", default="png", choices=OUTPUT_FORMATS,
                         help="output image format (default png; PNG carries the row's parameters)")
+    _add_media(parser)
+
+
+def _add_media(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-scheme", action="append", default=[], metavar="SCHEME",
                         help="also read images from this URI scheme (s3, gs, http, https); repeatable")
     parser.add_argument("--allow-private-hosts", action="store_true",
@@ -78,10 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("-o", "--out", required=True, help="output image path (.png, .jpg, .webp)")
     edit.add_argument("--save-mask", default=None, help="also write the mask used to this path")
     _add_common(edit)
+    edit.set_defaults(output_format=None)  # the output path's suffix decides
 
     validate = sub.add_parser("validate", help="check a manifest row by row without editing anything")
     validate.add_argument("manifest")
     validate.add_argument("--quiet", action="store_true", help="print only failing rows and the verdict")
+    validate.add_argument("--check-images", action="store_true",
+                          help="also read and decode every image, reference and mask file (slower)")
+    _add_media(validate)
     return parser
 
 
@@ -98,11 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> RunConfig:
-    return RunConfig(
+    settings = dict(
         out_dir=out_dir, base_dir=base_dir, engine=args.engine, model=args.model, device=args.device,
         output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
-        allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels, **extra,
+        allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
     )
+    return RunConfig(**{**settings, **extra})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -161,9 +170,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from editflow.media import MediaError, resolve_uri
+    from editflow.media import MediaError, MediaPolicy, check_uri_allowed, decode_image, read_bytes, resolve_uri
 
     manifest = read_manifest(args.manifest)
+    policy = MediaPolicy(allowed_schemes=frozenset(("file", *args.allow_scheme)),
+                         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels)
     bad = 0
     for raw in manifest.rows():
         try:
@@ -171,8 +182,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
             for label, uri in (("image", row.image), ("reference", row.reference), ("mask", row.mask.uri)):
                 if uri:
                     resolved = resolve_uri(uri, manifest.base_dir)
+                    check_uri_allowed(resolved, policy)
                     if "://" not in resolved and not Path(resolved).is_file():
                         raise RowError(f"{label} not found: {resolved}")
+                    if args.check_images:
+                        decode_image(read_bytes(resolved, policy), policy, name=uri)
         except (RowError, MediaError) as exc:
             bad += 1
             print(f"error  {raw['id']}: {exc}")

@@ -137,6 +137,11 @@ def read_bytes(uri: str, policy: MediaPolicy) -> bytes:
     return _read_pyarrow(uri, policy)
 
 
+def check_uri_allowed(uri: str, policy: MediaPolicy) -> None:
+    """Raise MediaError when the policy forbids the URI's scheme (no I/O)."""
+    _check_scheme(_scheme(uri), policy)
+
+
 def _check_scheme(scheme: str, policy: MediaPolicy) -> None:
     if scheme not in policy.allowed_schemes:
         allowed = ", ".join(sorted(policy.allowed_schemes)) or "none"
