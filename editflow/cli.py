@@ -26,6 +26,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help=f"engine for rows that name none (default: {DEFAULT_ENGINE}, weight-free)")
     parser.add_argument("--model", default=None, help="model for rows that name none (hub id or local dir)")
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when present, else cpu)")
+    parser.add_argument("--cpu-threads", type=int, default=None,
+                        help="torch threads for CPU edits (default: all cores; the same count gives the same bytes)")
     parser.add_argument("--format", dest="output_format", default="png", choices=OUTPUT_FORMATS,
                         help="output image format (default png; PNG carries the row's parameters)")
     _add_media(parser)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> RunConfig:
     settings = dict(
         out_dir=out_dir, base_dir=base_dir, engine=args.engine, model=args.model, device=args.device,
-        output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
+        cpu_threads=args.cpu_threads, output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
     )
     return RunConfig(**{**settings, **extra})

@@ -26,6 +26,10 @@ class RunConfig:
     engine: str = DEFAULT_ENGINE
     model: str | None = None
     device: str | None = None  # None = cuda when present, else cpu
+    #: torch CPU threads for edits. Float reductions depend on the thread count, so the same
+    #: count everywhere (default: the machine's cores, also inside Ray actors, where Ray would
+    #: otherwise set 1) keeps a row's bytes identical locally and on Ray.
+    cpu_threads: int | None = None
     output_format: str = "png"
     batch_size: int = 4
     write_masks: bool = True
@@ -33,7 +37,19 @@ class RunConfig:
     allow_private_hosts: bool = False
     max_pixels: int = 50_000_000
     max_bytes: int = 64 * 2**20
+    # model-backed masks (editflow/masks/auto.py): a segment-anything checkpoint file (or a folder
+    # holding sam_vit_b_01ec64.pth etc.), its type (vit_b | vit_l | vit_h, or module:builder), and
+    # whether landmark masks (face:, person) are refined by SAM when a checkpoint is configured
+    sam_checkpoint: str | None = None
+    sam_model_type: str = "vit_b"
+    sam_refine: bool = False
     run_id: str = field(default_factory=new_run_id)
+
+    def mask_settings(self):
+        from editflow.masks.auto import MaskSettings
+
+        return MaskSettings(sam_checkpoint=self.sam_checkpoint, sam_model_type=self.sam_model_type,
+                            sam_refine=self.sam_refine, device=self.device)
 
     def media_policy(self) -> MediaPolicy:
         return MediaPolicy(

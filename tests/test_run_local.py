@@ -47,7 +47,8 @@ def mixed_manifest(tmp_path: Path, photo_dir: Path) -> Path:
         {"id": "bad-mask", "image": "a.png", **good, "mask": "box:1,2,3"},
         {"id": "strength", "image": "a.png", **good, "strength": 1.5},
         {"id": "link-local", "image": "http://169.254.169.254/latest/meta-data/x.png", **good},
-        {"id": "auto-not-yet", "image": "a.png", **good, "mask": "face:lips"},
+        {"id": "no-face", "image": "a.png", **good, "mask": "face:lips"},
+        {"id": "good-builtin", "image": "b.png", "task": "repaint", "mask": "box:20,30,50,60", "seed": 3},
     ]
     return write_jsonl(photo_dir / "mixed.jsonl", rows)
 
@@ -61,20 +62,21 @@ EXPECTED_ERRORS = {
     "bad-mask": ("prepare", "box needs 4 numbers"),
     "strength": ("prepare", "strength must be in (0, 1]"),
     "link-local": ("prepare", "scheme 'http' is not allowed"),
-    "auto-not-yet": ("mask", "not available yet"),
+    "no-face": ("mask", "face"),  # a face mask on a photo without a face
 }
 
 
 def check_mixed_results(out: Path) -> None:
     rows = {r["id"]: r for r in all_result_rows(out)}
-    assert len(rows) == 12 and len(all_result_rows(out)) == 12, "every row exactly once"
+    assert len(rows) == 13 and len(all_result_rows(out)) == 13, "every row exactly once"
     for row_id, (stage, words) in EXPECTED_ERRORS.items():
         row = rows[row_id]
         assert row["status"] == "error", row_id
         assert row["error_stage"] == stage, (row_id, row["error_message"])
         assert words in row["error_message"], (row_id, row["error_message"])
         assert row["output"] is None
-    for row_id in ("good-a", "good-b", "../../escape/../x"):
+    assert rows["good-builtin"]["engine"] == "builtin" and rows["good-builtin"]["nfe"] > 0
+    for row_id in ("good-a", "good-b", "../../escape/../x", "good-builtin"):
         row = rows[row_id]
         assert row["status"] == "ok", row["error_message"]
         assert row["unmasked_max_diff"] == 0
@@ -93,8 +95,8 @@ def test_mixed_manifest_keeps_every_row_and_writes_only_inside_out(tmp_path, mix
     new_files = files_under(tmp_path) - before
     assert new_files and all(p.resolve().is_relative_to(out.resolve()) for p in new_files)
     summary = (out / "summary.json").read_text()
-    assert '"ok": 3' in summary and '"error": 9' in summary and '"exit_code": 2' in summary
-    assert "3 ok, 9 error" in capsys.readouterr().out
+    assert '"ok": 4' in summary and '"error": 9' in summary and '"exit_code": 2' in summary
+    assert "4 ok, 9 error" in capsys.readouterr().out
 
 
 def test_link_local_url_is_refused_even_when_http_is_allowed(tmp_path, photo_dir):
@@ -132,7 +134,7 @@ def test_same_manifest_twice_gives_byte_identical_images(tmp_path, mixed_manifes
         hashes.append({r["id"]: r["output_sha256"] for r in all_result_rows(out) if r["status"] == "ok"})
         files = sorted((out / "images").iterdir())
         hashes.append({p.name: p.read_bytes() for p in files})
-    assert hashes[0] == hashes[2] and hashes[1] == hashes[3] and len(hashes[0]) == 3
+    assert hashes[0] == hashes[2] and hashes[1] == hashes[3] and len(hashes[0]) == 4
 
 
 def test_interrupted_run_then_resume_gives_each_id_exactly_once(tmp_path, photo_dir, monkeypatch):
@@ -173,11 +175,11 @@ def test_validate_prints_a_verdict_per_row(tmp_path, mixed_manifest, capsys):
     assert "error  missing: image not found" in text
     assert "error  strength: strength must be in (0, 1]" in text
     assert "error  link-local: URL scheme 'http' is not allowed" in text
-    assert "7 ok, 5 invalid of 12 rows" in text
+    assert "8 ok, 5 invalid of 13 rows" in text
     assert cli.main(["validate", "--check-images", "--quiet", str(mixed_manifest)]) == 2
     text = capsys.readouterr().out
     assert "error  bomb:" in text and "error  corrupt:" in text and "error  zero-bytes:" in text
-    assert "ok     good-a" not in text and "4 ok, 8 invalid of 12 rows" in text
+    assert "ok     good-a" not in text and "5 ok, 8 invalid of 13 rows" in text
 
 
 def test_validate_and_run_stop_on_a_bad_manifest(tmp_path, capsys):

@@ -38,10 +38,6 @@ PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output")
 MAX_ERROR_CHARS = 1000
 
 
-class MaskNotAvailableError(RuntimeError):
-    """The mask spec names a mask maker that this build does not have yet."""
-
-
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -156,6 +152,15 @@ class MaskStage(Stage):
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         self.policy = config.media_policy()
+        self._auto = None  # model-backed masks: made on first use, kept for the actor's life
+
+    @property
+    def auto(self):
+        if self._auto is None:
+            from editflow.masks.auto import AutoMasker
+
+            self._auto = AutoMasker(self.config.mask_settings())
+        return self._auto
 
     def process_row(self, row: Row) -> None:
         started = time.perf_counter()
@@ -167,10 +172,10 @@ class MaskStage(Stage):
         elif spec.kind == "file":
             mask = load_mask_file(resolve_uri(spec.uri, self.config.base_dir), self.policy, (width, height))
         elif spec.kind in AUTO_KINDS:
-            raise MaskNotAvailableError(
-                f"mask spec {spec.text!r} needs the {spec.kind} mask maker, which is not available yet; "
-                "use box:, polygon: or a mask image"
-            )
+            from editflow.masks.auto import MaskContext, mask_options
+
+            context = MaskContext(image_key=row.get("input_sha256"), options=mask_options(edit.params))
+            mask = self.auto.make(spec, row["_image"], context)
         else:
             raise RowError(f"cannot make a mask from {spec.text!r}")
         mask = ops.feather(ops.grow(mask, edit.mask_grow), edit.mask_feather)
@@ -191,6 +196,8 @@ class EditStage(Stage):
         super().__init__(config)
         self.engines: dict[tuple[str, str | None], Engine] = {}
         self.device = config.device or _default_device()
+        if self.device == "cpu":
+            _pin_cpu_threads(config.cpu_threads or os.cpu_count() or 1)
 
     def engine(self, name: str, model: str | None) -> Engine:
         key = (name, model)
@@ -311,6 +318,15 @@ def _default_device() -> str:
     except ImportError:
         pass
     return "cpu"
+
+
+def _pin_cpu_threads(threads: int) -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _version(package: str) -> str | None:
