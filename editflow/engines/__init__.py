@@ -10,6 +10,8 @@ from editflow.engines.base import EditRequest, EditResult, Engine, EngineError
 ENGINES: dict[str, str] = {
     "builtin": "editflow.engines.builtin:BuiltinEngine",
     "opencv": "editflow.engines.opencv:OpenCVEngine",
+    "sd": "editflow.engines.sd:SDEngine",
+    "ddpm": "editflow.engines.ddpm:DDPMEngine",
 }
 
 DEFAULT_ENGINE = "builtin"

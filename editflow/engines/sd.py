@@ -1,0 +1,325 @@
+"""Stable Diffusion engine (`sd`): SD 1.x/2.x and SDXL checkpoints, inpainting or plain.
+
+The row's model (or `--model`) is a hub id (``id@revision``), a local diffusers folder or a
+single ``.safetensors`` file (editflow.models). Whether the checkpoint is an inpainting one is
+read from the loaded UNet (``in_channels``: 9 = inpaint, 4 = plain). What runs:
+
+| UNet | task | how |
+|---|---|---|
+| 9-channel | inpaint, sdedit | diffusers' own inpaint pipeline (SD or SDXL), strength = SDEdit |
+| 9-channel | repaint | editflow's masked sampler with the 9-channel denoiser + RePaint jumps |
+| 4-channel | inpaint | the sampler at strength 1 (latent RePaint known-region, no jumps) |
+| 4-channel | sdedit | the sampler at the row's strength (latent SDEdit, masked) |
+| 4-channel | repaint | the sampler with the RePaint jump schedule |
+
+Rows set `params.sampler: true` to run a 9-channel inpaint/sdedit through the sampler as well.
+
+Every row has its own CPU generator (a list is passed to the pipeline; the sampler draws each
+row's noise from its own), its own prompt / negative prompt, and the group's guidance, strength,
+steps. Rows are grouped by processing size and settings; within a group the networks run
+`micro_batch` rows at a time (1 on CPU: a row's bytes are the same alone or in any batch; the
+whole group on GPU: fastest, equal up to float rounding).
+
+Sizes: images no larger than the model's native resolution (``unet.sample_size x
+vae_scale_factor``, e.g. 512 for SD 1.5, 1024 for SDXL) are processed whole; larger ones as a
+window around the mask with a context margin (editflow.engines.crop), scaled down only when
+the window itself exceeds the resolution; every window is reflect-padded to a multiple of 8.
+The result comes back at the input's size and the edit stage pastes unmasked pixels back exactly.
+
+Row params: ``max_side`` (default: the model resolution), ``context`` (margin, fraction of the
+mask box, default 0.5), ``scheduler`` (sampler path: ``ddim`` default or ``ddpm``), ``eta``,
+``sampler`` (see above), ``prompt_2`` / ``negative_prompt_2`` (SDXL).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from editflow.diffusion.sampler import SamplerConfig, masked_sample
+from editflow.engines.base import EditRequest, EditResult, Engine, EngineError
+from editflow.engines.crop import CropPlan, plan_crop
+from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks
+from editflow.models import (
+    DEFAULT_MODELS, RuntimeOptions, apply_switches, load_sd_pipeline, select_device, select_dtype,
+)
+
+TASKS = frozenset({"inpaint", "sdedit", "repaint"})
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_STRENGTH = {"inpaint": 1.0, "sdedit": 0.6, "repaint": 1.0}
+DEFAULT_JUMPS = (5, 2)  # RePaint (jump_length, jump_n_sample): a light resampling for latent models
+
+
+@dataclass
+class Job:
+    """One request, prepared: its window, tensors at processing size and its settings."""
+
+    index: int
+    request: EditRequest
+    plan: CropPlan
+    image: torch.Tensor  # [1, 3, h, w] in [-1, 1], padded
+    mask: torch.Tensor  # [1, 1, h, w] in [0, 1], padded with 0
+    path: str  # "pipeline" | "sampler"
+    steps: int
+    strength: float
+    guidance: float
+    jumps: tuple[int, int]
+    scheduler: str
+    eta: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> tuple:
+        """Rows with the same key run through one call."""
+        r = self.request
+        return (self.path, self.plan.proc_size, self.steps, self.strength, self.guidance, self.jumps,
+                self.scheduler, self.eta, r.negative_prompt is None,
+                tuple(sorted((k, repr(v)) for k, v in self.extra.items())))
+
+
+def check_request(request: EditRequest, tasks: frozenset[str], engine: str) -> None:
+    if request.task not in tasks:
+        raise EngineError(f"engine {engine} cannot run task {request.task!r}; tasks: {', '.join(sorted(tasks))}")
+    image, mask = request.image, request.mask
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or mask.shape != image.shape[:2]:
+        raise EngineError(f"image must be H×W×3 uint8 and mask H×W, got {image.shape} {image.dtype} and {mask.shape}")
+    if not (mask > 0).any():
+        raise EngineError("mask is empty: nothing to edit")
+
+
+def jumps_for(request: EditRequest) -> tuple[int, int]:
+    if request.task != "repaint":
+        return (1, 1)
+    return (int(request.jump_length or DEFAULT_JUMPS[0]), int(request.jump_n_sample or DEFAULT_JUMPS[1]))
+
+
+def run_grouped(jobs: list[Job], run, results: list) -> None:
+    """Group jobs by key, call `run(group) -> list[EditResult]`, scatter results (errors per group)."""
+    groups: dict[tuple, list[Job]] = defaultdict(list)
+    for job in jobs:
+        groups[job.key()].append(job)
+    for group in groups.values():
+        try:
+            for job, result in zip(group, run(group), strict=True):
+                results[job.index] = result
+        except Exception as exc:
+            for job in group:
+                results[job.index] = exc
+
+
+def generators(jobs: list[Job]) -> list[torch.Generator]:
+    """One fresh CPU generator per row, seeded from the row's seed."""
+    return [torch.Generator(device="cpu").manual_seed(int(j.request.seed) % (2**63)) for j in jobs]
+
+
+class SDEngine(Engine):
+    """Stable Diffusion / SDXL, inpainting (9-channel) or plain (4-channel) checkpoints."""
+
+    name = "sd"
+    tasks = TASKS
+
+    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
+        model = model or DEFAULT_MODELS["sd"]
+        super().__init__(model=model, device=select_device(device), **options)
+        self.runtime = RuntimeOptions.from_options(options)
+        self.dtype = select_dtype(self.device, self.runtime.dtype)
+        pipe, self.source, self.revision = load_sd_pipeline(model, self.dtype)
+        if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
+            raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
+        vae = pipe.vae
+        if self.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+            vae.to(torch.float32)  # the SDXL VAE overflows in fp16
+        self.switches = apply_switches(pipe, self.runtime, self.device)
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        self.xl = getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None
+        self.in_channels = int(pipe.unet.config.in_channels)
+        self.rows_per_call = self.runtime.rows_per_call(self.device)
+        self.denoiser = LatentUNetDenoiser(
+            pipe.unet, vae, pipe.scheduler.config.get("prediction_type", "epsilon"), self.rows_per_call
+        )
+        sample_size = pipe.unet.config.sample_size
+        sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
+        self.resolution = int(sample_size) * self.denoiser.scale_factor
+        self.multiple = max(8, self.denoiser.scale_factor)  # VAE needs its factor; 8 keeps every SD happy
+        self._inpaint_pipe = None
+
+    @property
+    def inpaint_pipe(self) -> Any:
+        """diffusers' inpaint pipeline sharing this engine's components (9-channel models)."""
+        if self._inpaint_pipe is None:
+            from diffusers import AutoPipelineForInpainting
+
+            pipe = self.pipe
+            if "Inpaint" not in type(pipe).__name__:
+                pipe = AutoPipelineForInpainting.from_pipe(pipe)
+                pipe.set_progress_bar_config(disable=True)
+            self._inpaint_pipe = pipe
+        return self._inpaint_pipe
+
+    @property
+    def kind(self) -> str:
+        return f"{'sdxl' if self.xl else 'sd'}-{'inpaint' if self.in_channels == 9 else 'base'}"
+
+    # -------------------------------------------------------------------------------------
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        results: list[Any] = [None] * len(requests)
+        jobs = []
+        for i, request in enumerate(requests):
+            try:
+                jobs.append(self._prepare(i, request))
+            except Exception as exc:
+                results[i] = exc
+        run_grouped(jobs, self._run, results)
+        return [r if r is not None else EngineError("no result") for r in results]
+
+    def _prepare(self, index: int, request: EditRequest) -> Job:
+        check_request(request, TASKS, self.name)
+        p = request.params or {}
+        max_side = int(p.get("max_side", self.resolution))
+        plan = plan_crop(request.mask, max_side, self.multiple, float(p.get("context", 0.5)))
+        use_pipeline = self.in_channels == 9 and request.task in ("inpaint", "sdedit") and not p.get("sampler")
+        strength = request.strength if request.strength is not None else DEFAULT_STRENGTH[request.task]
+        if use_pipeline and self.xl and request.strength is None and request.task == "inpaint":
+            strength = 0.9999  # diffusers' SDXL inpaint default: init latents keep image information
+        steps = int(request.steps or DEFAULT_STEPS)
+        guidance = float(request.guidance_scale if request.guidance_scale is not None else DEFAULT_GUIDANCE)
+        scheduler = str(p.get("scheduler", "ddim")).lower()
+        eta = float(p.get("eta", 0.0))
+        if not use_pipeline:
+            SamplerConfig(steps=steps, strength=float(strength), scheduler=scheduler, eta=eta,
+                          jump_length=jumps_for(request)[0], jump_n_sample=jumps_for(request)[1]).validate()
+        elif int(steps * strength) < 1:
+            raise EngineError(f"steps={steps} with strength={strength} gives no denoising step")
+        extra = {k: p[k] for k in ("prompt_2", "negative_prompt_2") if k in p}
+        return Job(index, request, plan, plan.image(request.image), plan.mask(request.mask),
+                   "pipeline" if use_pipeline else "sampler", steps, float(strength), guidance,
+                   jumps_for(request), "pipeline" if use_pipeline else scheduler, eta, extra)
+
+    def _run(self, jobs: list[Job]) -> list[EditResult]:
+        return self._run_pipeline(jobs) if jobs[0].path == "pipeline" else self._run_sampler(jobs)
+
+    def _result(self, job: Job, image: np.ndarray, nfe: int, scheduler: str) -> EditResult:
+        h, w = job.plan.proc_size
+        return EditResult(
+            image=image, nfe=nfe, scheduler=scheduler, steps=job.steps, strength=job.strength,
+            guidance_scale=job.guidance, jump_length=job.jumps[0] if job.request.task == "repaint" else None,
+            jump_n_sample=job.jumps[1] if job.request.task == "repaint" else None,
+            proc_width=w, proc_height=h, model=self.model, model_revision=self.revision,
+        )
+
+    # -- diffusers' inpaint pipeline (9-channel inpaint / sdedit) ----------------------------
+
+    def _run_pipeline(self, jobs: list[Job]) -> list[EditResult]:
+        pipe = self.inpaint_pipe
+        h, w = jobs[0].plan.proc_size
+        first = jobs[0]
+        results = []
+        for sl in chunks(len(jobs), self.rows_per_call):
+            part = jobs[sl]
+            images = np.stack([j.plan.image01(j.request.image) for j in part])
+            # editflow mask 1 = edit == diffusers mask_image white = repaint; any edit pixel is repainted.
+            masks = np.stack([(j.mask[0, 0] > 0).float().numpy()[..., None] for j in part])
+            calls = [0]
+
+            def count(_pipe, _i, _t, kwargs):
+                calls[0] += 1
+                return kwargs
+
+            kwargs: dict[str, Any] = dict(
+                prompt=[j.request.prompt or "" for j in part],
+                negative_prompt=None if first.request.negative_prompt is None else
+                [j.request.negative_prompt or "" for j in part],
+                image=images, mask_image=masks, height=h, width=w, strength=first.strength,
+                num_inference_steps=first.steps, guidance_scale=first.guidance,
+                generator=generators(part), output_type="np", callback_on_step_end=count,
+            )
+            if self.xl:
+                for key in ("prompt_2", "negative_prompt_2"):
+                    if key in first.extra:
+                        kwargs[key] = [j.extra.get(key) or "" for j in part]
+            out = pipe(**kwargs).images
+            for job, array in zip(part, out):
+                results.append(self._result(job, job.plan.paste(job.request.image, array), calls[0],
+                                            type(pipe.scheduler).__name__))
+        return results
+
+    # -- the editflow sampler (4-channel, and 9-channel RePaint) ------------------------------
+
+    def _run_sampler(self, jobs: list[Job]) -> list[EditResult]:
+        first = jobs[0]
+        device = torch.device(self.device)
+        images = torch.cat([j.image for j in jobs]).to(device)
+        masks = torch.cat([j.mask for j in jobs]).to(device)
+        condition = self.condition(jobs, images, masks)
+        config = SamplerConfig(
+            steps=first.steps, strength=first.strength, scheduler=first.scheduler, eta=first.eta,
+            jump_length=first.jumps[0], jump_n_sample=first.jumps[1], schedule=dict(self.pipe.scheduler.config),
+        )
+        out = masked_sample(self.denoiser, images, masks, generators(jobs), config, condition=condition)
+        return [self._result(job, job.plan.paste(job.request.image, out.images[i]), out.nfe, first.scheduler)
+                for i, job in enumerate(jobs)]
+
+    @torch.no_grad()
+    def condition(self, jobs: list[Job], images: torch.Tensor, masks: torch.Tensor) -> LatentCondition:
+        """Text embeddings (and SDXL pooled embeddings + time ids, 9-channel mask inputs) per row."""
+        first = jobs[0]
+        cfg = first.guidance > 1.0
+        pos, neg, pooled, neg_pooled = [], [], [], []
+        for sl in chunks(len(jobs), self.rows_per_call):
+            part = jobs[sl]
+            prompts = [j.request.prompt or "" for j in part]
+            negatives = None if first.request.negative_prompt is None else [j.request.negative_prompt or "" for j in part]
+            if self.xl:
+                p2 = [j.extra.get("prompt_2") or j.request.prompt or "" for j in part] if "prompt_2" in first.extra else None
+                n2 = ([j.extra.get("negative_prompt_2") or "" for j in part]
+                      if "negative_prompt_2" in first.extra else None)
+                e, ne, pe, npe = self.pipe.encode_prompt(
+                    prompts, prompt_2=p2, device=self.device, num_images_per_prompt=1,
+                    do_classifier_free_guidance=cfg, negative_prompt=negatives, negative_prompt_2=n2,
+                )
+                pooled.append(pe)
+                neg_pooled.append(npe)
+            else:
+                e, ne = self.pipe.encode_prompt(prompts, self.device, 1, cfg, negative_prompt=negatives)
+            pos.append(e)
+            neg.append(ne)
+        c = LatentCondition(
+            prompt_embeds=torch.cat(pos), negative_embeds=torch.cat(neg) if cfg else None,
+            guidance_scale=first.guidance,
+        )
+        if self.xl:
+            c.text_embeds = torch.cat(pooled)
+            c.negative_text_embeds = torch.cat(neg_pooled) if cfg else None
+            c.time_ids, c.negative_time_ids = self._time_ids(len(jobs), images.shape[-2:])
+        if self.in_channels == 9:
+            c.mask, c.masked_latents = self.denoiser.inpaint_inputs(images, masks)
+        return c
+
+    def _time_ids(self, batch: int, size: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL micro-conditioning: (original size, crop top-left, target size), or with an aesthetic
+        score instead of the target size when the UNet was trained that way (inpaint-0.1 refiners)."""
+        h, w = int(size[0]), int(size[1])
+        unet = self.pipe.unet
+        time_dim = int(unet.config.addition_time_embed_dim)
+        expected = int(unet.add_embedding.linear_1.in_features)
+        proj = expected - 6 * time_dim
+        n = 6
+        te2 = getattr(self.pipe, "text_encoder_2", None)
+        if te2 is not None:
+            proj = int(te2.config.projection_dim)
+            n = (expected - proj) // time_dim
+        if n == 5:
+            ids, neg = [h, w, 0, 0, 6.0], [h, w, 0, 0, 2.5]
+        elif n == 6:
+            ids = neg = [h, w, 0, 0, h, w]
+        else:
+            raise EngineError(f"cannot build SDXL time ids for an added embedding of {expected} features")
+        make = lambda v: torch.tensor([v] * batch, dtype=torch.float32, device=self.device)  # noqa: E731
+        return make(ids), make(neg)

@@ -1,0 +1,172 @@
+"""Tiny random-weight diffusers models built from config, saved like real checkpoints.
+
+Nothing here touches the network: the CLIP tokenizer comes from a hand-written BPE vocabulary
+(research/inpainting.md §5: transformers 5 needs `from_pretrained(dir)` with a
+`tokenizer_config.json` that sets `model_max_length`, or the pipeline overflows). Every model is
+written with `save_pretrained` (safetensors) so tests load it through the same
+`from_pretrained(..., local_files_only=True)` path that real weights take.
+
+    paths = save_tiny_models(tmp_dir)   # {"sd-inpaint": ..., "sd": ..., "sdxl-inpaint": ..., "ddpm": ...}
+
+Sizes: SD-shaped UNets have two blocks (sample_size 32) and the VAEs two blocks, so diffusers'
+vae_scale_factor (2 ** (len(block_out_channels) - 1)) is 2, as in the diffusers test suite's
+dummies: a 64 px image has 32x32 latents, and the models' native resolution is 32 x 2 = 64 px.
+The DDPM UNet is 32 px.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "build_tokenizer",
+    "tiny_sd_components",
+    "tiny_sdxl_components",
+    "tiny_ddpm_unet",
+    "save_tiny_models",
+]
+
+
+def build_tokenizer(folder: Path):
+    """A CLIPTokenizer from a 55-token BPE vocabulary written to `folder` (offline, transformers 5)."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = string.ascii_lowercase
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    vocab.update({c: 3 + i for i, c in enumerate(letters)})
+    vocab.update({c + "</w>": 29 + i for i, c in enumerate(letters)})
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def _text_config(projection_dim: int | None = None):
+    from transformers import CLIPTextConfig
+
+    kwargs = dict(
+        bos_token_id=0, eos_token_id=1, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+        num_attention_heads=4, num_hidden_layers=2, pad_token_id=1, vocab_size=1000,
+    )
+    if projection_dim is not None:
+        kwargs.update(projection_dim=projection_dim, hidden_act="gelu")
+    return CLIPTextConfig(**kwargs)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        norm_num_groups=32, sample_size=64, force_upcast=False,
+    )
+
+
+def _sd_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )
+
+
+def tiny_sd_components(in_channels: int, tokenizer_dir: Path, seed: int = 0) -> dict:
+    """UNet (4 or 9 input channels), VAE, CLIP text encoder, tokenizer and DDIM scheduler."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=in_channels,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = _vae()
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_config())
+    return {
+        "unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(),
+        "tokenizer": build_tokenizer(tokenizer_dir), "scheduler": _sd_scheduler(),
+    }
+
+
+def tiny_sdxl_components(in_channels: int, tokenizer_dir: Path, seed: int = 0) -> dict:
+    """SDXL-shaped: two text encoders (the second with projection), text_time added conditioning."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=in_channels,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,  # 6 * 8 + 32
+        cross_attention_dim=64, norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = _vae()
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_config(projection_dim=32))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=32))
+    tokenizer = build_tokenizer(tokenizer_dir)
+    return {
+        "unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval(),
+        "text_encoder_2": text_encoder_2.eval(), "tokenizer": tokenizer, "tokenizer_2": tokenizer,
+        "scheduler": _sd_scheduler(),
+    }
+
+
+def tiny_ddpm_unet(seed: int = 0):
+    """A pixel-space UNet2DModel like diffusers' old RePaint test (32 px, 2 blocks)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=3, out_channels=3,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32,
+    ).eval()
+
+
+def save_tiny_models(root: Path) -> dict[str, Path]:
+    """Write every tiny checkpoint under `root`; return name -> folder.
+
+    * ``sd-inpaint``: StableDiffusionInpaintPipeline, 9-channel UNet (model_index.json layout)
+    * ``sd``: StableDiffusionPipeline, 4-channel UNet
+    * ``sdxl-inpaint``: StableDiffusionXLInpaintPipeline, 9-channel UNet
+    * ``sdxl``: StableDiffusionXLPipeline, 4-channel UNet
+    * ``ddpm``: DDPMPipeline layout (unet/ + scheduler/), linear betas, 1000 train steps
+    """
+    from diffusers import (
+        DDPMPipeline, DDPMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+        StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
+    )
+
+    root = Path(root)
+    tok = root / "_tokenizer"
+    paths: dict[str, Path] = {}
+    no_safety = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    builds = {
+        "sd-inpaint": lambda: StableDiffusionInpaintPipeline(**tiny_sd_components(9, tok), **no_safety),
+        "sd": lambda: StableDiffusionPipeline(**tiny_sd_components(4, tok, seed=10), **no_safety),
+        "sdxl-inpaint": lambda: StableDiffusionXLInpaintPipeline(**tiny_sdxl_components(9, tok, seed=20)),
+        "sdxl": lambda: StableDiffusionXLPipeline(**tiny_sdxl_components(4, tok, seed=30)),
+        "ddpm": lambda: DDPMPipeline(unet=tiny_ddpm_unet(seed=40), scheduler=DDPMScheduler(num_train_timesteps=1000)),
+    }
+    for name, build in builds.items():
+        folder = root / name
+        if not (folder / "model_index.json").exists():
+            build().save_pretrained(folder, safe_serialization=True)
+        paths[name] = folder
+    return paths
