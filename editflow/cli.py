@@ -92,13 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--check-images", action="store_true",
                           help="also read and decode every image, reference and mask file (slower)")
     _add_media(validate)
+    from editflow.masks import preview as masks_preview  # `editflow masks`: mask + overlay previews
+
+    masks_preview.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "edit": cmd_edit, "validate": cmd_validate}[args.command](args)
+        return {"run": cmd_run, "edit": cmd_edit, "validate": cmd_validate,
+                "masks": getattr(args, "func", None)}[args.command](args)
     except ManifestError as exc:
         print(f"editflow: {exc}", file=sys.stderr)
         return EXIT_FATAL

@@ -1,0 +1,272 @@
+"""Garment-agnostic masks and the person mask, from MediaPipe Pose landmarks and segmentation.
+
+A try-on mask must cover where the *new* garment will be, not only the old one: a mask that follows
+the current garment leaks its sleeve length and silhouette into the result, and a mask over the face
+or hands breaks them (research/tryon_makeup.md §3.7). So each category is the union of
+
+  * a body-shape region drawn from the pose skeleton, wide enough for loose garments:
+        upper  neck to hips (torso polygon), both arms shoulder -> elbow -> wrist
+        lower  waist to ankles (hip/knee/ankle polygon), both legs hip -> knee -> ankle
+        dress  shoulders to ankles (or knees, `params: {"dress_length": "knee"}`), both arms
+  * the person's segmentation inside that category's vertical band (the old garment, however wide),
+
+grown by a radius proportional to the body's size (shoulder width), with holes filled, and with the
+face (head) and hands (and for lower/dress, the feet) always subtracted. `person` is the pose
+model's person segmentation. Published systems build theirs from human parsing + DensePose/OpenPose
+(IDM-VTON, OOTDiffusion, CatVTON); this is the same idea from a weight-free-to-install, offline,
+Apache-2.0 model: all coordinates scale with the body, so the rules are resolution independent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from editflow.masks.face import MaskModelError, import_mediapipe, start_solution
+
+GARMENT_CATEGORIES = ("upper", "lower", "dress")
+
+# MediaPipe Pose landmark indices (BlazePose 33-point topology)
+NOSE, L_EAR, R_EAR = 0, 7, 8
+HEAD = tuple(range(0, 11))
+L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST = 11, 12, 13, 14, 15, 16
+L_HAND, R_HAND = (15, 17, 19, 21), (16, 18, 20, 22)
+L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = 23, 24, 25, 26, 27, 28
+L_FOOT, R_FOOT = (27, 29, 31), (28, 30, 32)
+
+
+class NoPersonError(RuntimeError):
+    """The image has no detectable person (or not the body part a garment mask needs)."""
+
+
+@dataclass
+class Body:
+    """Pose landmarks in pixels (may lie outside the image), their visibility, and the person mask."""
+
+    points: np.ndarray  # (33, 2) float32 pixels
+    visibility: np.ndarray  # (33,) float32
+    segmentation: np.ndarray  # (H, W) float32 in [0, 1]
+
+    @property
+    def scale(self) -> float:
+        """The body's size in pixels: shoulder width, or a fraction of the torso when seen side-on."""
+        shoulders = float(np.linalg.norm(self.points[L_SHOULDER] - self.points[R_SHOULDER]))
+        torso = float(np.linalg.norm(self.mid(L_SHOULDER, R_SHOULDER) - self.mid(L_HIP, R_HIP)))
+        return max(shoulders, 0.55 * torso, 4.0)
+
+    def mid(self, a: int, b: int) -> np.ndarray:
+        return (self.points[a] + self.points[b]) / 2.0
+
+
+class PoseModel:
+    """MediaPipe Pose (full model, with segmentation) on RGB uint8 images."""
+
+    def __init__(self, min_confidence: float = 0.5) -> None:
+        mp = import_mediapipe()
+        self._pose = start_solution(lambda: mp.solutions.pose.Pose(
+            static_image_mode=True, model_complexity=1, enable_segmentation=True,
+            min_detection_confidence=min_confidence), "pose")
+        self.calls = 0
+
+    def detect(self, image: np.ndarray) -> Body | None:
+        self.calls += 1
+        height, width = image.shape[:2]
+        result = self._pose.process(np.ascontiguousarray(image[..., :3]))
+        if result.pose_landmarks is None:
+            return None
+        landmarks = result.pose_landmarks.landmark
+        points = np.array([(p.x * width, p.y * height) for p in landmarks], np.float32)
+        visibility = np.array([p.visibility for p in landmarks], np.float32)
+        seg = result.segmentation_mask
+        if seg is None:  # pragma: no cover - enable_segmentation is on
+            raise MaskModelError("MediaPipe Pose returned no segmentation mask")
+        seg = np.asarray(seg, np.float32)
+        if seg.shape != (height, width):
+            seg = cv2.resize(seg, (width, height), interpolation=cv2.INTER_LINEAR)
+        return Body(points, visibility, np.clip(seg, 0.0, 1.0))
+
+    def close(self) -> None:
+        self._pose.close()
+
+
+def _disc(radius: float) -> np.ndarray:
+    r = max(1, int(round(radius)))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _poly(canvas: np.ndarray, points) -> None:
+    cv2.fillPoly(canvas, [np.round(np.asarray(points, np.float64)).astype(np.int32).reshape(-1, 1, 2)], 1)
+
+
+def _limb(canvas: np.ndarray, points, width: float) -> None:
+    pts = np.round(np.asarray(points, np.float64)).astype(np.int32)
+    thickness = max(1, int(round(width)))
+    for a, b in zip(pts[:-1], pts[1:]):
+        cv2.line(canvas, tuple(int(v) for v in a), tuple(int(v) for v in b), 1, thickness, cv2.LINE_8)
+        cv2.circle(canvas, tuple(int(v) for v in b), thickness // 2, 1, -1)
+
+
+def _outward(body: Body, a: int, b: int, amount: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points a and b pushed apart along the line joining them by `amount` each."""
+    pa, pb = body.points[a], body.points[b]
+    direction = pa - pb
+    norm = float(np.linalg.norm(direction)) or 1.0
+    push = direction / norm * amount
+    return pa + push, pb - push
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill enclosed holes of a {0,1} uint8 mask (a flood fill from a padded border)."""
+    padded = np.pad(mask, 1)
+    flood = padded.copy()
+    cv2.floodFill(flood, np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8), (0, 0), 1)
+    holes = (flood == 0).astype(np.uint8)
+    return (padded | holes)[1:-1, 1:-1]
+
+
+def head_mask(body: Body, shape: tuple[int, int]) -> np.ndarray:
+    """An ellipse over the head (face, ears, hair line) from the pose head landmarks."""
+    head = body.points[list(HEAD)]
+    centre = head.mean(axis=0)
+    ears = float(np.linalg.norm(body.points[L_EAR] - body.points[R_EAR]))
+    shoulders_y = float(body.mid(L_SHOULDER, R_SHOULDER)[1])
+    half_width = max(ears * 0.75, 0.28 * body.scale)
+    # the chin lies about half an ear-span below the mouth: stop there, above the neck
+    mouth_y = float(body.mid(9, 10)[1])
+    half_height = max(half_width * 1.3, 1.0)
+    centre_y = min(float(centre[1]), mouth_y + 0.55 * ears - half_height)
+    centre_y = min(centre_y, shoulders_y - half_height)  # never below the shoulders' line
+    canvas = np.zeros(shape, np.uint8)
+    cv2.ellipse(canvas, (int(round(centre[0])), int(round(centre_y))),
+                (int(round(half_width)), int(round(half_height))), 0, 0, 360, 1, -1)
+    return canvas
+
+
+def hands_mask(body: Body, shape: tuple[int, int]) -> np.ndarray:
+    """Both hands: the hull of wrist, pinky, index and thumb landmarks, grown by a hand's width."""
+    canvas = np.zeros(shape, np.uint8)
+    for hand in (L_HAND, R_HAND):
+        pts = body.points[list(hand)]
+        size = max(float(np.ptp(pts[:, 0])), float(np.ptp(pts[:, 1])), 0.12 * body.scale)
+        _poly(canvas, cv2.convexHull(np.round(pts).astype(np.int32)).reshape(-1, 2))
+        centre = pts[1:].mean(axis=0)  # the fingers' landmarks: the hand extends past them
+        cv2.circle(canvas, (int(round(centre[0])), int(round(centre[1]))), int(round(0.75 * size)), 1, -1)
+    return cv2.dilate(canvas, _disc(0.04 * body.scale))
+
+
+def feet_mask(body: Body, shape: tuple[int, int]) -> np.ndarray:
+    canvas = np.zeros(shape, np.uint8)
+    for foot in (L_FOOT, R_FOOT):
+        pts = body.points[list(foot)]
+        _poly(canvas, cv2.convexHull(np.round(pts).astype(np.int32)).reshape(-1, 2))
+    return cv2.dilate(canvas, _disc(0.1 * body.scale))
+
+
+def _upper_shape(body: Body, canvas: np.ndarray, bottom_extra: float) -> None:
+    s = body.scale
+    neck = body.mid(L_SHOULDER, R_SHOULDER)
+    head = body.points[list(HEAD)].mean(axis=0)
+    neck_top = neck + (head - neck) * 0.3  # the neckline: a third of the way up to the face
+    ls, rs = _outward(body, L_SHOULDER, R_SHOULDER, 0.12 * s)
+    lh, rh = _outward(body, L_HIP, R_HIP, 0.2 * s)
+    down = body.mid(L_HIP, R_HIP) - neck
+    down = down / (float(np.linalg.norm(down)) or 1.0)
+    lh, rh = lh + down * bottom_extra, rh + down * bottom_extra
+    half_neck = 0.2 * s
+    across = (body.points[L_SHOULDER] - body.points[R_SHOULDER])
+    across = across / (float(np.linalg.norm(across)) or 1.0)
+    _poly(canvas, [neck_top + across * half_neck, ls, lh, rh, rs, neck_top - across * half_neck])
+    for shoulder, elbow, wrist in ((L_SHOULDER, L_ELBOW, L_WRIST), (R_SHOULDER, R_ELBOW, R_WRIST)):
+        pts = body.points[[shoulder, elbow, wrist]]
+        _limb(canvas, pts[:2], 0.42 * s)  # upper arm with room for a sleeve
+        _limb(canvas, pts[1:], 0.32 * s)  # forearm to the wrist
+
+
+def _lower_shape(body: Body, canvas: np.ndarray, end: tuple[int, int]) -> None:
+    s = body.scale
+    hips = body.mid(L_HIP, R_HIP)
+    up = body.mid(L_SHOULDER, R_SHOULDER) - hips
+    up = up / (float(np.linalg.norm(up)) or 1.0)
+    lh, rh = _outward(body, L_HIP, R_HIP, 0.25 * s)
+    waist = 0.2 * s  # the waistband sits a little above the hip joints
+    lw, rw = lh + up * waist, rh + up * waist
+    left_end, right_end = body.points[end[0]], body.points[end[1]]
+    _poly(canvas, [lw, rw, rh, body.points[R_KNEE], right_end, left_end, body.points[L_KNEE], lh])
+    for hip, knee, foot in ((L_HIP, L_KNEE, end[0]), (R_HIP, R_KNEE, end[1])):
+        _limb(canvas, body.points[[hip, knee]], 0.55 * s)
+        _limb(canvas, body.points[[knee, foot]], 0.42 * s)
+
+
+def _band(shape: tuple[int, int], top: float, bottom: float) -> np.ndarray:
+    band = np.zeros(shape, np.uint8)
+    y0, y1 = max(0, int(np.floor(top))), min(shape[0], int(np.ceil(bottom)))
+    if y1 > y0:
+        band[y0:y1] = 1
+    return band
+
+
+def garment_mask(body: Body, category: str, shape: tuple[int, int], dress_length: str | None = None) -> np.ndarray:
+    """float32 {0,1} agnostic mask for a garment `category` at `shape` (H, W)."""
+    if category not in GARMENT_CATEGORIES:
+        raise ValueError(f"garment category must be one of {', '.join(GARMENT_CATEGORIES)}, got {category!r}")
+    s = body.scale
+    person = (body.segmentation > 0.5).astype(np.uint8)
+    shaped = np.zeros(shape, np.uint8)
+    neck_y = float(body.mid(L_SHOULDER, R_SHOULDER)[1] - 0.25 * s)
+    hips_y = float(body.mid(L_HIP, R_HIP)[1])
+    knees_y = float(body.mid(L_KNEE, R_KNEE)[1])
+    ankles_y = float(body.mid(L_ANKLE, R_ANKLE)[1])
+    protect = head_mask(body, shape) | hands_mask(body, shape)
+    hem = None  # the lowest row a lower garment or dress may reach
+    if category == "upper":
+        _upper_shape(body, shaped, bottom_extra=0.15 * s)
+        band = _band(shape, neck_y, hips_y + 0.2 * s)
+    elif category == "lower":
+        _lower_shape(body, shaped, (L_ANKLE, R_ANKLE))
+        band = _band(shape, hips_y - 0.3 * s, ankles_y + 0.05 * s)
+        hem = ankles_y + 0.1 * s
+        protect |= feet_mask(body, shape)
+    else:
+        length = (dress_length or "ankle").lower()
+        if length not in ("knee", "ankle"):
+            raise ValueError(f"dress_length must be knee or ankle, got {dress_length!r}")
+        end = (L_KNEE, R_KNEE) if length == "knee" else (L_ANKLE, R_ANKLE)
+        _upper_shape(body, shaped, bottom_extra=0.15 * s)
+        _lower_shape(body, shaped, end)
+        bottom = (knees_y + 0.35 * s) if length == "knee" else ankles_y + 0.05 * s
+        band = _band(shape, neck_y, bottom)
+        hem = bottom + 0.05 * s
+        protect |= feet_mask(body, shape)
+    # the old garment: the person inside the category's band; the new one: the body shape
+    mask = shaped | (person & band)
+    mask = cv2.dilate(mask, _disc(0.06 * s))
+    mask = _fill_holes(mask)
+    mask &= 1 - protect
+    if hem is not None:
+        mask[max(0, int(np.ceil(hem))):] = 0
+    mask = _largest_parts(mask, keep_fraction=0.05)
+    if mask.sum() < 0.0005 * mask.size:
+        raise NoPersonError(f"garment:{category}: that part of the body is not in the picture")
+    return mask.astype(np.float32)
+
+
+def _largest_parts(mask: np.ndarray, keep_fraction: float) -> np.ndarray:
+    """Drop specks: keep connected parts at least `keep_fraction` of the largest."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 2:
+        return mask
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= keep_fraction * areas.max()) + 1
+    return np.isin(labels, keep).astype(np.uint8)
+
+
+def person_mask(body: Body, shape: tuple[int, int]) -> np.ndarray:
+    """float32 {0,1}: the person's segmentation."""
+    mask = (body.segmentation > 0.5).astype(np.uint8)
+    if mask.shape != shape:
+        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    if mask.sum() < 0.001 * mask.size:
+        raise NoPersonError("no person found (the segmentation is empty)")
+    return mask.astype(np.float32)
