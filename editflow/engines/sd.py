@@ -128,6 +128,21 @@ class SDEngine(Engine):
         self.runtime = RuntimeOptions.from_options(options)
         self.dtype = select_dtype(self.device, self.runtime.dtype)
         pipe, self.source, self.revision = load_sd_pipeline(model, self.dtype)
+        self._setup(pipe)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, device: str | None = None, model: str = "in-memory", **options: Any) -> SDEngine:
+        """An engine around an already built diffusers SD/SDXL pipeline (benchmarks, notebooks)."""
+        self = cls.__new__(cls)
+        Engine.__init__(self, model=model, device=select_device(device), **options)
+        self.runtime = RuntimeOptions.from_options(options)
+        self.dtype = select_dtype(self.device, self.runtime.dtype)
+        self.source, self.revision = None, None
+        self._setup(pipe if pipe.unet.dtype == self.dtype else pipe.to(dtype=self.dtype))
+        return self
+
+    def _setup(self, pipe: Any) -> None:
+        model = self.model
         if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
             raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
         vae = pipe.vae
