@@ -1,4 +1,4 @@
-"""The `editflow` command: run a manifest, edit one image, validate a manifest.
+"""The `editflow` command: run a manifest, edit one image, validate a manifest, list models, preview masks.
 
 Exit codes: 0 every row ok, 2 some rows failed, 1 fatal (nothing or not everything could run).
 """
@@ -92,17 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--check-images", action="store_true",
                           help="also read and decode every image, reference and mask file (slower)")
     _add_media(validate)
-    from editflow.masks import preview as masks_preview  # `editflow masks`: mask + overlay previews
 
-    masks_preview.add_parser(sub)
+    from editflow import models_cli
+    from editflow.masks import preview as masks_preview
+
+    models_cli.add_parser(sub).set_defaults(func=models_cli.run)
+    masks_preview.add_parser(sub).set_defaults(func=masks_preview.run)
+    run.set_defaults(func=cmd_run)
+    edit.set_defaults(func=cmd_edit)
+    validate.set_defaults(func=cmd_validate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "edit": cmd_edit, "validate": cmd_validate,
-                "masks": getattr(args, "func", None)}[args.command](args)
+        return args.func(args)
     except ManifestError as exc:
         print(f"editflow: {exc}", file=sys.stderr)
         return EXIT_FATAL
@@ -139,7 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  results: {out / 'results'}")
     print(f"  summary: {out / 'summary.json'}")
     for error_type, count in summary["error_types"].items():
-        print(f"  {count} x {error_type}", file=sys.stderr)
+        example = summary["error_examples"].get(error_type, "")
+        print(f"  {count} x {error_type}: {example}", file=sys.stderr)
     return summary["exit_code"]
 
 

@@ -160,6 +160,10 @@ def summarize(out_dir: str | os.PathLike, manifest_ids: list[str], run_info: dic
     statuses = Counter(r["status"] for r in rows)
     error_types = Counter(r["error_type"] for r in rows if r["status"] == "error")
     error_stages = Counter(r["error_stage"] for r in rows if r["status"] == "error")
+    error_examples: dict[str, str] = {}
+    for r in rows:  # the first message of each type reaches the terminal (e.g. how to fetch a model)
+        if r["status"] == "error":
+            error_examples.setdefault(r["error_type"], f"{r['id']}: {r['error_message']}")
     timings = {}
     for name in ("t_load_s", "t_mask_s", "t_edit_s", "t_write_s"):
         values = [r[name] for r in rows if r[name] is not None]
@@ -172,6 +176,7 @@ def summarize(out_dir: str | os.PathLike, manifest_ids: list[str], run_info: dic
         "missing_ids": missing[:100],
         "error_types": dict(error_types),
         "error_stages": dict(error_stages),
+        "error_examples": error_examples,
         "timings": timings,
         "result_files": len(scan.files),
         "unreadable_result_files": [str(p) for p in scan.unreadable],
