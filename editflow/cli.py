@@ -30,6 +30,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="torch threads for CPU edits (default: all cores; the same count gives the same bytes)")
     parser.add_argument("--format", dest="output_format", default="png", choices=OUTPUT_FORMATS,
                         help="output image format (default png; PNG carries the row's parameters)")
+    parser.add_argument("--sam-checkpoint", default=os.environ.get("EDITFLOW_SAM_CHECKPOINT"),
+                        help="segment-anything checkpoint file or folder for sam: masks (env EDITFLOW_SAM_CHECKPOINT)")
+    parser.add_argument("--sam-model-type", default="vit_b", help="vit_b (default), vit_l or vit_h")
+    parser.add_argument("--sam-refine", action="store_true",
+                        help="refine landmark masks (face:, person) with SAM when a checkpoint is set")
     _add_media(parser)
 
 
@@ -121,6 +126,7 @@ def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> R
         out_dir=out_dir, base_dir=base_dir, engine=args.engine, model=args.model, device=args.device,
         cpu_threads=args.cpu_threads, output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
+        sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, sam_refine=args.sam_refine,
     )
     return RunConfig(**{**settings, **extra})
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
@@ -12,29 +11,13 @@ from editflow.masks.auto import AutoMasker, MaskContext
 from editflow.masks.face import MaskModelError, NoFaceError, import_mediapipe
 from editflow.masks.spec import parse_mask_spec
 
-skimage_data = pytest.importorskip("skimage.data")
+from skimage import data as skimage_data  # noqa: E402  (dev extra; real public-domain photos)
 
 # measured by hand on a grid over the 512 x 512 photo
 LIPS_BOX = (201, 138, 246, 157)  # x0, y0, x1, y1: mouth corners, top of upper lip, bottom of lower lip
 TEETH = (220, 146)  # the open mouth between the lips
 NOSE_TIP = (223, 124)
 FACE_BOX = (180, 72, 271, 178)
-
-
-def usable_mediapipe() -> str | None:
-    try:
-        from editflow.masks.face import FaceLandmarker
-
-        FaceLandmarker().close()
-    except MaskModelError as exc:
-        return str(exc)
-    return None
-
-
-_PROBLEM = usable_mediapipe()
-# CI installs the masks extra (make install): there a broken MediaPipe must fail these tests, not skip them
-needs_mediapipe = pytest.mark.skipif(_PROBLEM is not None and not os.environ.get("CI"),
-                                     reason=f"MediaPipe not usable here: {_PROBLEM}")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +41,6 @@ def inside(mask: np.ndarray, box, pad: int = 0) -> float:
     return float(mask[region].sum() / max(mask.sum(), 1))
 
 
-@needs_mediapipe
 def test_lips_cover_the_lips_and_little_else(masker, astronaut) -> None:
     lips = make(masker, astronaut, "face:lips")
     assert lips.shape == astronaut.shape[:2] and lips.dtype == np.float32
@@ -69,7 +51,6 @@ def test_lips_cover_the_lips_and_little_else(masker, astronaut) -> None:
     assert lips[y0:y1, x0:x1].sum() > 150
 
 
-@needs_mediapipe
 def test_skin_excludes_eyes_brows_and_lips(masker, astronaut) -> None:
     skin = make(masker, astronaut, "face:skin")
     for part in ("lips", "eyes", "brows"):
@@ -80,7 +61,6 @@ def test_skin_excludes_eyes_brows_and_lips(masker, astronaut) -> None:
     assert skin.sum() < face.sum() and not (skin > face).any()
 
 
-@needs_mediapipe
 def test_eyes_brows_eyeshadow_lie_in_the_upper_face(masker, astronaut) -> None:
     eyes, brows, shadow = (make(masker, astronaut, f"face:{p}") for p in ("eyes", "brows", "eyeshadow"))
     for mask in (eyes, brows, shadow):
@@ -93,7 +73,6 @@ def test_eyes_brows_eyeshadow_lie_in_the_upper_face(masker, astronaut) -> None:
     np.testing.assert_array_equal(union, np.maximum(eyes, brows))
 
 
-@needs_mediapipe
 def test_landmarks_run_once_per_image_for_all_parts(astronaut) -> None:
     masker = AutoMasker()
     for spec in ("face:lips", "face:skin", "face:eyes+brows", "face:brows+eyes", "face:lips"):
@@ -102,7 +81,6 @@ def test_landmarks_run_once_per_image_for_all_parts(astronaut) -> None:
     assert masker.stats["mask_hits"] == 2  # brows+eyes == eyes+brows; lips again
 
 
-@needs_mediapipe
 def test_several_faces_largest_unless_asked(masker, astronaut) -> None:
     import cv2
 
@@ -116,7 +94,6 @@ def test_several_faces_largest_unless_asked(masker, astronaut) -> None:
     assert second[:, :512].sum() == 0 and second[:, 512:].sum() > 20
 
 
-@needs_mediapipe
 def test_no_face_is_a_clear_error() -> None:
     with pytest.raises(NoFaceError, match="no face found"):
         AutoMasker().make(parse_mask_spec("face:lips"), skimage_data.coffee())

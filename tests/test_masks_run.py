@@ -15,10 +15,9 @@ from editflow.masks import preview
 from editflow.runners import local as local_runner
 from editflow.runners.stages import MaskStage, PrepareStage, new_row
 from tests.conftest import write_image, write_jsonl
-from tests.test_masks_face import needs_mediapipe
 from tests.test_masks_sam import TINY_BUILDER, tiny_sam
 
-skimage_data = pytest.importorskip("skimage.data")
+from skimage import data as skimage_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,6 @@ def masked(rows: list[dict], config: RunConfig, stage: MaskStage | None = None) 
     return stage(PrepareStage(config)([new_row(r, config.run_id) for r in rows])), stage
 
 
-@needs_mediapipe
 def test_task_defaults_and_reuse_across_rows(photos: Path, tmp_path: Path) -> None:
     config = RunConfig(out_dir=str(tmp_path), base_dir=str(photos))
     garments = [{"id": f"tryon-{i}", "task": "tryon", "image": "astronaut.png", "category": "upper",
@@ -53,7 +51,6 @@ def test_task_defaults_and_reuse_across_rows(photos: Path, tmp_path: Path) -> No
     assert again[0]["status"] == "ok" and stage.auto.stats["pose_runs"] == 1
 
 
-@needs_mediapipe
 def test_local_run_writes_masks_and_areas_and_error_rows(photos: Path, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -125,7 +122,6 @@ def test_sam_without_checkpoint_is_a_row_error(photos: Path, tmp_path: Path, mon
     assert rows[1]["status"] == "ok"
 
 
-@needs_mediapipe
 def test_masks_command_writes_masks_and_overlays(photos: Path, tmp_path: Path) -> None:
     import argparse
 
