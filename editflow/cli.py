@@ -15,14 +15,14 @@ from pathlib import Path
 
 from editflow import __version__
 from editflow.config import OUTPUT_FORMATS, RunConfig
-from editflow.engines import DEFAULT_ENGINE, ENGINES
+from editflow.engines import DEFAULT_ENGINE, engine_names
 from editflow.manifest import TASKS, ManifestError, RowError, parse_row, read_manifest
 
 EXIT_OK, EXIT_FATAL, EXIT_ROW_ERRORS = 0, 1, 2
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=sorted(ENGINES),
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=engine_names(),
                         help=f"engine for rows that name none (default: {DEFAULT_ENGINE}, weight-free)")
     parser.add_argument("--model", default=None, help="model for rows that name none (hub id or local dir)")
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: cuda when present, else cpu)")

@@ -43,13 +43,17 @@ class RunConfig:
     sam_checkpoint: str | None = None
     sam_model_type: str = "vit_b"
     sam_refine: bool = False
+    #: per-worker caches (masks per image and spec, reference encodings per reference); off only
+    #: to measure what they save
+    cache: bool = True
     run_id: str = field(default_factory=new_run_id)
 
     def mask_settings(self):
         from editflow.masks.auto import MaskSettings
 
         return MaskSettings(sam_checkpoint=self.sam_checkpoint, sam_model_type=self.sam_model_type,
-                            sam_refine=self.sam_refine, device=self.device)
+                            sam_refine=self.sam_refine, device=self.device,
+                            **({} if self.cache else {"cache_size": 0}))
 
     def media_policy(self) -> MediaPolicy:
         return MediaPolicy(

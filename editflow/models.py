@@ -482,10 +482,10 @@ def load_pixel_unet(spec: str, dtype: Any) -> tuple[Any, dict[str, Any], ModelSo
 
 def list_models(extra: list[str] | None = None) -> list[dict[str, Any]]:
     """One entry per (engine, model): engine, model, kind, default, available, where, fetch."""
-    from editflow.engines import ENGINES
+    from editflow.engines import engine_names
 
     entries: list[dict[str, Any]] = []
-    for engine in sorted(ENGINES):
+    for engine in engine_names():
         models = ENGINE_MODELS.get(engine)
         if not models:
             entries.append({"engine": engine, "model": None, "kind": "no weights" if models is not None else "?",

@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if args.engine:
         entries = [e for e in entries if e["engine"] in (args.engine, "?")]
         if not any(e["engine"] == args.engine for e in entries):
-            from editflow.engines import ENGINES
+            from editflow.engines import engine_names
 
-            print(f"editflow: unknown engine {args.engine!r}; engines: {', '.join(sorted(ENGINES))}", file=sys.stderr)
+            print(f"editflow: unknown engine {args.engine!r}; engines: {', '.join(engine_names())}", file=sys.stderr)
             return 1
     if args.json:
         print(json.dumps({"hub_cache": str(hub_cache_dir()), "offline": is_offline(), "models": entries}, indent=2))

@@ -1,4 +1,4 @@
-"""Editing engines, one file each, found by name through `get_engine_class`."""
+"""Editing engines, one file each, found by name (and task) through `engine_target`."""
 
 from __future__ import annotations
 
@@ -14,17 +14,37 @@ ENGINES: dict[str, str] = {
     "ddpm": "editflow.engines.ddpm:DDPMEngine",
 }
 
+#: (engine name, task) -> "module:Class" where a task has its own implementation under a name:
+#: try-on and makeup are conditioned on a reference, so `builtin` and `sd` mean other classes there.
+TASK_ENGINES: dict[tuple[str, str], str] = {}
+
 DEFAULT_ENGINE = "builtin"
 
 
-def get_engine_class(name: str) -> type[Engine]:
-    """Return the engine class registered under `name`."""
-    try:
-        target = ENGINES[name]
-    except KeyError:
-        raise EngineError(f"unknown engine {name!r}; known engines: {', '.join(sorted(ENGINES))}") from None
-    module_name, class_name = target.split(":")
+def engine_names() -> list[str]:
+    """Every engine name a row may give."""
+    return sorted(set(ENGINES) | {name for name, _ in TASK_ENGINES})
+
+
+def engine_target(name: str, task: str | None = None) -> str:
+    """The "module:Class" that runs `task` for engine `name`."""
+    if task is not None and (name, task) in TASK_ENGINES:
+        return TASK_ENGINES[(name, task)]
+    if name in ENGINES:
+        return ENGINES[name]
+    tasks = sorted(t for n, t in TASK_ENGINES if n == name)
+    if tasks:
+        raise EngineError(f"engine {name!r} runs only {', '.join(tasks)}, not {task}")
+    raise EngineError(f"unknown engine {name!r}; known engines: {', '.join(engine_names())}")
+
+
+def get_engine_class(name: str, task: str | None = None) -> type[Engine]:
+    """Return the engine class that runs `task` for engine `name`."""
+    module_name, class_name = engine_target(name, task).split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "EditRequest", "EditResult", "Engine", "EngineError", "get_engine_class"]
+__all__ = [
+    "DEFAULT_ENGINE", "ENGINES", "TASK_ENGINES", "EditRequest", "EditResult", "Engine", "EngineError",
+    "engine_names", "engine_target", "get_engine_class",
+]

@@ -35,6 +35,9 @@ class EditRequest:
     jump_n_sample: int | None = None
     category: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: content hashes (sha256 of the input files): keys for per-worker caches of encodings
+    image_key: str | None = None
+    reference_key: str | None = None
 
 
 @dataclass
@@ -53,6 +56,8 @@ class EditResult:
     proc_height: int | None = None
     model: str | None = None
     model_revision: str | None = None
+    #: True when the reference's encoding came from the engine's per-worker cache
+    reference_cached: bool | None = None
 
 
 class Engine(ABC):

@@ -112,7 +112,7 @@ class AutoMasker:
             found = self._pose_model().detect(image)
             self.stats["pose_runs"] += 1
         self._detections[cache_key] = found
-        while len(self._detections) > max(4, self.settings.cache_size // 4):
+        while len(self._detections) > (max(4, self.settings.cache_size // 4) if self.settings.cache_size else 0):
             self._detections.popitem(last=False)
         return found
 

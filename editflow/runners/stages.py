@@ -22,7 +22,7 @@ import numpy as np
 
 from editflow import __version__
 from editflow.config import RunConfig
-from editflow.engines import EditRequest, Engine, get_engine_class
+from editflow.engines import EditRequest, Engine, engine_target, get_engine_class
 from editflow.engines.base import composite_unmasked, unmasked_max_diff
 from editflow.manifest import EditRow, RowError, parse_row
 from editflow.masks import ops
@@ -127,7 +127,9 @@ class PrepareStage(Stage):
         row["height"], row["width"] = decoded.array.shape[:2]
         if edit.reference:
             ref_uri = resolve_uri(edit.reference, self.config.base_dir)
-            row["_reference"] = decode_image(read_bytes(ref_uri, self.policy), self.policy, name=edit.reference).array
+            ref_data = read_bytes(ref_uri, self.policy)
+            row["_reference"] = decode_image(ref_data, self.policy, name=edit.reference).array
+            row["reference_sha256"] = sha256_hex(ref_data)
         row["t_load_s"] = time.perf_counter() - started
 
 
@@ -175,7 +177,9 @@ class MaskStage(Stage):
             from editflow.masks.auto import MaskContext, mask_options
 
             context = MaskContext(image_key=row.get("input_sha256"), options=mask_options(edit.params))
+            hits = self.auto.stats["mask_hits"]
             mask = self.auto.make(spec, row["_image"], context)
+            row["mask_cached"] = self.auto.stats["mask_hits"] > hits
         else:
             raise RowError(f"cannot make a mask from {spec.text!r}")
         mask = ops.feather(ops.grow(mask, edit.mask_grow), edit.mask_feather)
@@ -194,34 +198,34 @@ class EditStage(Stage):
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
-        self.engines: dict[tuple[str, str | None], Engine] = {}
+        self.engines: dict[tuple[str, str | None], Engine] = {}  # (module:Class, model) -> engine
         self.device = config.device or _default_device()
         if self.device == "cpu":
             _pin_cpu_threads(config.cpu_threads or os.cpu_count() or 1)
 
-    def engine(self, name: str, model: str | None) -> Engine:
-        key = (name, model)
+    def engine(self, name: str, task: str, model: str | None) -> Engine:
+        key = (engine_target(name, task), model)
         if key not in self.engines:  # models load once per worker
-            self.engines[key] = get_engine_class(name)(model=model, device=self.device)
+            self.engines[key] = get_engine_class(name, task)(model=model, device=self.device, cache=self.config.cache)
         return self.engines[key]
 
     def process(self, rows: list[Row]) -> None:
-        groups: dict[tuple[str, str | None], list[Row]] = defaultdict(list)
+        groups: dict[tuple[str, str, str | None], list[Row]] = defaultdict(list)
         for row in rows:
             edit = _parsed(row)
-            groups[(edit.engine or self.config.engine, edit.model or self.config.model)].append(row)
-        for (name, model), group in groups.items():
+            groups[(edit.engine or self.config.engine, edit.task, edit.model or self.config.model)].append(row)
+        for (name, task, model), group in groups.items():
             try:
-                engine = self.engine(name, model)
+                engine = self.engine(name, task, model)
             except Exception as exc:
                 for row in group:
                     mark_error(row, self.name, exc)
                 continue
             size = max(1, self.config.batch_size)
             for start in range(0, len(group), size):
-                self._run(engine, group[start:start + size])
+                self._run(engine, name, group[start:start + size])
 
-    def _run(self, engine: Engine, rows: list[Row]) -> None:
+    def _run(self, engine: Engine, name: str, rows: list[Row]) -> None:
         started = time.perf_counter()
         requests = [self._request(row) for row in rows]
         try:
@@ -240,7 +244,7 @@ class EditStage(Stage):
                 continue
             row["_output"] = output
             row.update(
-                engine=engine.name, model=result.model or engine.model, model_revision=result.model_revision,
+                engine=name, model=result.model or engine.model, reference_cached=result.reference_cached, model_revision=result.model_revision,
                 scheduler=result.scheduler, steps=result.steps, strength=result.strength,
                 guidance_scale=result.guidance_scale, jump_length=result.jump_length,
                 jump_n_sample=result.jump_n_sample, nfe=result.nfe,
@@ -259,7 +263,7 @@ class EditStage(Stage):
             reference=row.get("_reference"), prompt=edit.prompt, negative_prompt=edit.negative_prompt,
             steps=edit.steps, strength=edit.strength, guidance_scale=edit.guidance_scale,
             jump_length=edit.jump_length, jump_n_sample=edit.jump_n_sample, category=edit.category,
-            params=edit.params,
+            params=edit.params, image_key=row.get("input_sha256"), reference_key=row.get("reference_sha256"),
         )
 
 
