@@ -98,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also read and decode every image, reference and mask file (slower)")
     _add_media(validate)
 
+    manifest = sub.add_parser("manifest", help="build manifests (catalog try-on: every person x garment)")
+    kinds = manifest.add_subparsers(dest="kind", required=True)
+    tryon = kinds.add_parser(
+        "tryon", help="every compatible person x garment pair",
+        description="Write a try-on manifest with one row per compatible person x garment pair. Persons and "
+                    "garments are Parquet/CSV/JSONL files with id and image (garments also a category; persons "
+                    "may list accepted categories in a 'categories' column). Rows come person by person.")
+    tryon.add_argument("--persons", required=True, help="table of persons: id, image[, categories]")
+    tryon.add_argument("--garments", required=True, help="table of garments: id, image, category")
+    tryon.add_argument("--category-column", default="category", help="the garments' category column (default category)")
+    tryon.add_argument("--engine", default=None, help="engine for every row (default: the run's)")
+    tryon.add_argument("--prompt", default=None, help="prompt for every row")
+    tryon.add_argument("-o", "--out", required=True, help="manifest to write (.parquet, .csv or .jsonl)")
+    tryon.set_defaults(func=cmd_manifest_tryon)
+
     from editflow import models_cli
     from editflow.masks import preview as masks_preview
 
@@ -184,6 +199,20 @@ def cmd_edit(args: argparse.Namespace) -> int:
     print(json.dumps({k: row.get(k) for k in ("engine", "task", "seed", "steps", "strength", "nfe", "width", "height",
                                              "mask_area", "unmasked_max_diff", "t_edit_s")}, default=str))
     print(f"editflow: wrote {target}")
+    return EXIT_OK
+
+
+def cmd_manifest_tryon(args: argparse.Namespace) -> int:
+    from editflow.catalog import build_tryon_manifest
+
+    stats = build_tryon_manifest(args.persons, args.garments, args.out, category_column=args.category_column,
+                                 engine=args.engine, prompt=args.prompt)
+    print(f"editflow: wrote {args.out}: {stats.pairs} pairs of {stats.persons} persons x {stats.garments} garments; "
+          f"{stats.incompatible_pairs} incompatible pairs left out")
+    if stats.garments_without_category:
+        shown = ", ".join(stats.garments_without_category[:10])
+        print(f"editflow: {len(stats.garments_without_category)} garment(s) without a valid category left out: {shown}",
+              file=sys.stderr)
     return EXIT_OK
 
 

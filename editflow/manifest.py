@@ -88,27 +88,32 @@ class Manifest:
         return self.table.to_pylist()
 
 
-def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read a Parquet, CSV or JSONL manifest and check its manifest-level rules."""
+def read_table_file(path: str | os.PathLike, what: str = "manifest") -> pa.Table:
+    """Read a Parquet, CSV or JSONL table (CSV and JSONL cells as strings)."""
     p = Path(path)
     if not p.exists():
-        raise ManifestError(f"manifest not found: {p}")
+        raise ManifestError(f"{what} not found: {p}")
     if p.is_dir():
-        raise ManifestError(f"manifest is a directory, expected a .parquet, .csv or .jsonl file: {p}")
+        raise ManifestError(f"{what} is a directory, expected a .parquet, .csv or .jsonl file: {p}")
     suffix = p.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            table = pq.read_table(p)
-        elif suffix == ".csv":
-            table = _read_csv(p)
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            table = _read_jsonl(p)
-        else:
-            raise ManifestError(f"unknown manifest format {suffix!r} for {p}: use .parquet, .csv or .jsonl")
+            return pq.read_table(p)
+        if suffix == ".csv":
+            return _read_csv(p)
+        if suffix in (".jsonl", ".ndjson", ".json"):
+            return _read_jsonl(p)
     except ManifestError:
         raise
     except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise ManifestError(f"cannot read manifest {p}: {exc}") from exc
+        raise ManifestError(f"cannot read {what} {p}: {exc}") from exc
+    raise ManifestError(f"unknown {what} format {suffix!r} for {p}: use .parquet, .csv or .jsonl")
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Read a Parquet, CSV or JSONL manifest and check its manifest-level rules."""
+    p = Path(path)
+    table = read_table_file(p)
 
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
@@ -247,6 +252,8 @@ def parse_row(raw: dict[str, Any]) -> EditRow:
             raise RowError(f"unknown category {raw.get('category')!r}; expected one of {', '.join(CATEGORIES)}")
     if task in ("tryon", "makeup") and not raw.get("reference"):
         raise RowError(f"task {task} needs a reference image (column 'reference')")
+    if task == "tryon" and category is None:
+        raise RowError("task tryon needs a category (upper, lower or dress)")
     params_text = raw.get("params")
     params: dict[str, Any] = {}
     if params_text:
