@@ -34,3 +34,15 @@ def empty_hub_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapter(tiny_models) -> Path:
+    """A tiny IP-Adapter (safetensors) + CLIP image encoder in h94/IP-Adapter's folder layout,
+    made for the tiny SD UNets (cross-attention 32)."""
+    from diffusers import UNet2DConditionModel
+
+    from tests.tiny_models import save_tiny_ip_adapter
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd-inpaint"], subfolder="unet")
+    return save_tiny_ip_adapter(Path(tiny_models["sd-inpaint"]).parent / "ip_adapter", unet)

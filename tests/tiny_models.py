@@ -170,3 +170,78 @@ def save_tiny_models(root: Path) -> dict[str, Path]:
             build().save_pretrained(folder, safe_serialization=True)
         paths[name] = folder
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference-conditioned engines: IP-Adapter, CLIP image encoder, self-attention checkpoints
+
+
+def tiny_image_encoder(seed: int = 50):
+    """A CLIPVisionModelWithProjection: 32 px images, 4 px patches, 32-d embeddings."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=32, projection_dim=32, intermediate_size=37, layer_norm_eps=1e-05,
+                              num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=4)
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def tiny_ip_adapter_state_dict(unet, image_embed_dim: int = 32, seed: int = 51, tokens: int = 4) -> dict:
+    """A plain IP-Adapter for `unet`, flat like h94's safetensors: ``image_proj.proj.*``,
+    ``image_proj.norm.*`` and ``ip_adapter.<1, 3, 5, ...>.to_k_ip/to_v_ip.weight`` (one pair per
+    cross-attention layer, numbered as diffusers' `_convert_ip_adapter_attn_to_diffusers` reads them)."""
+    cfg = unet.config
+    cross = int(cfg.cross_attention_dim)
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2):
+        return (torch.randn(*shape, generator=g) * scale).contiguous()
+
+    state = {
+        "image_proj.proj.weight": rand(tokens * cross, image_embed_dim),
+        "image_proj.proj.bias": rand(tokens * cross, scale=0.05),
+        "image_proj.norm.weight": torch.ones(cross) + rand(cross, scale=0.05),
+        "image_proj.norm.bias": rand(cross, scale=0.05),
+    }
+    key = 1
+    for name in unet.attn_processors.keys():
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = cfg.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(cfg.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = cfg.block_out_channels[int(name[len("down_blocks.")])]
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = rand(hidden, cross)
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = rand(hidden, cross)
+        key += 2
+    return state
+
+
+def save_tiny_ip_adapter(root: Path, unet) -> Path:
+    """h94/IP-Adapter's layout under `root`: models/ip-adapter_sd15.safetensors + models/image_encoder/."""
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    weights = root / "models" / "ip-adapter_sd15.safetensors"
+    if not weights.exists():
+        encoder = tiny_image_encoder()
+        (root / "models").mkdir(parents=True, exist_ok=True)
+        encoder.save_pretrained(root / "models" / "image_encoder", safe_serialization=True)
+        save_file(tiny_ip_adapter_state_dict(unet, int(encoder.config.projection_dim)), str(weights))
+    return root
+
+
+def save_attention_checkpoint(unet, path: Path, seed: int = 52, noise: float = 0.05, prefix: str = "") -> Path:
+    """A CatVTON-style checkpoint: the UNet's own self-attention (attn1) weights, perturbed."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        prefix + name: (p.detach().float() + noise * torch.randn(p.shape, generator=g)).contiguous()
+        for name, p in unet.named_parameters() if ".attn1." in name
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return Path(path)

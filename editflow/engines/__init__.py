@@ -16,7 +16,11 @@ ENGINES: dict[str, str] = {
 
 #: (engine name, task) -> "module:Class" where a task has its own implementation under a name:
 #: try-on and makeup are conditioned on a reference, so `builtin` and `sd` mean other classes there.
-TASK_ENGINES: dict[tuple[str, str], str] = {}
+TASK_ENGINES: dict[tuple[str, str], str] = {
+    ("sd-ipadapter", "tryon"): "editflow.engines.tryon_sd:SDIPAdapterTryOnEngine",
+    ("concat", "tryon"): "editflow.engines.tryon_sd:ConcatTryOnEngine",
+    ("sd", "makeup"): "editflow.engines.makeup_sd:SDMakeupEngine",
+}
 
 DEFAULT_ENGINE = "builtin"
 

@@ -1,0 +1,530 @@
+"""IP-Adapter for the reference-conditioned SD engines (`sd-ipadapter` try-on, `sd` makeup).
+
+What is loaded, and from where (row ``params`` first, then engine options, then the defaults):
+
+| key | default | meaning |
+|---|---|---|
+| ``ip_adapter`` | ``h94/IP-Adapter`` | hub id (``org/name[@rev]``), a local folder, or a ``.safetensors`` file |
+| ``ip_adapter_weight`` | ``models/ip-adapter_sd15.safetensors`` | the weight file inside the repo / folder |
+| ``image_encoder`` | ``models/image_encoder`` next to the weights | CLIP vision folder (``config.json``), hub id, or a subfolder of the IP-Adapter repo |
+| ``ip_adapter_scale`` | 0.7 | strength of the image prompt (diffusers' ``set_ip_adapter_scale``) |
+
+The weights are read with safetensors into diffusers' two-part layout (``image_proj.*`` and
+``ip_adapter.<n>.to_k_ip/to_v_ip``), checked against the UNet (number of cross-attention layers,
+their widths, the projection's output width) so that a mismatched adapter fails with a message
+that says which base model it belongs to, and handed to diffusers' ``load_ip_adapter`` as a state
+dict; the CLIP image encoder is ``CLIPVisionModelWithProjection.from_pretrained``. Offline rules
+follow editflow.models: with HF_HUB_OFFLINE nothing is fetched, and a missing file raises
+`ModelNotAvailableError` naming the ``hf download`` command.
+
+Image embeddings (the CLIP image embeds, or penultimate hidden states for IP-Adapter-plus) are
+computed one reference at a time and kept per worker in `EmbeddingCache`, keyed by the
+reference's content hash (``EditRequest.reference_key``), the adapter and the crop, so a catalog
+run encodes each garment (or makeup face) once per actor, not once per pair.
+
+`IPAdapterDenoiser` is `LatentUNetDenoiser` with the image embeddings passed to the UNet
+(``added_cond_kwargs["image_embeds"]``), classifier-free guidance pairing each row's negative
+text with its negative image embedding (zeros, as diffusers does). `IPAdapterSDEngine` is the
+shared base of the two engines: SDEngine's loading, windows and grouping, the masked sampler
+(optionally from an SDEdit `init`), and a reference hook per subclass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from editflow.diffusion.sampler import SamplerConfig, masked_sample
+from editflow.engines.base import EditRequest, EditResult, EngineError
+from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks
+from editflow.engines.sd import Job, SDEngine, generators
+from editflow.models import (
+    ModelNotAvailableError, hub_cache_dir, is_offline, parse_model_spec,
+)
+
+__all__ = [
+    "DEFAULT_IP_ADAPTER", "DEFAULT_IP_ADAPTER_WEIGHT", "DEFAULT_IMAGE_ENCODER_SUBFOLDER", "DEFAULT_IP_SCALE",
+    "IPAdapterSpec", "IPAdapterFiles", "resolve_ip_adapter", "read_ip_adapter", "check_ip_adapter",
+    "load_image_encoder", "IPAdapter", "EmbeddingCache", "IPCondition", "IPAdapterDenoiser", "RefJob",
+    "IPAdapterSDEngine", "pad_to_square", "array_key",
+]
+
+DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
+DEFAULT_IP_ADAPTER_WEIGHT = "models/ip-adapter_sd15.safetensors"
+DEFAULT_IMAGE_ENCODER_SUBFOLDER = "models/image_encoder"
+DEFAULT_IP_SCALE = 0.7
+FETCH_HINT = (
+    "hf download h94/IP-Adapter models/ip-adapter_sd15.safetensors models/image_encoder/config.json "
+    "models/image_encoder/model.safetensors"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the weights are
+
+
+@dataclass(frozen=True)
+class IPAdapterSpec:
+    """Which IP-Adapter and image encoder a row asks for, and how strongly."""
+
+    ip_adapter: str = DEFAULT_IP_ADAPTER
+    weight_name: str = DEFAULT_IP_ADAPTER_WEIGHT
+    image_encoder: str | None = None  # None: next to the weights
+    scale: float = DEFAULT_IP_SCALE
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | None, options: dict[str, Any] | None = None) -> IPAdapterSpec:
+        """Row params win over engine options, which win over the defaults."""
+        params, options = params or {}, options or {}
+
+        def pick(key: str, default: Any) -> Any:
+            for source in (params, options):
+                if source.get(key) not in (None, ""):
+                    return source[key]
+            return default
+
+        try:
+            scale = float(pick("ip_adapter_scale", DEFAULT_IP_SCALE))
+        except (TypeError, ValueError):
+            raise EngineError(f"ip_adapter_scale must be a number, got {pick('ip_adapter_scale', None)!r}") from None
+        if not 0.0 <= scale <= 10.0:
+            raise EngineError(f"ip_adapter_scale must be in [0, 10], got {scale}")
+        encoder = pick("image_encoder", None)
+        return cls(str(pick("ip_adapter", DEFAULT_IP_ADAPTER)), str(pick("ip_adapter_weight", DEFAULT_IP_ADAPTER_WEIGHT)),
+                   None if encoder is None else str(encoder), scale)
+
+    @property
+    def weights_key(self) -> tuple[str, str, str | None]:
+        """What has to be loaded (the scale is set without reloading)."""
+        return (self.ip_adapter, self.weight_name, self.image_encoder)
+
+
+@dataclass(frozen=True)
+class IPAdapterFiles:
+    """Resolved locations: the weight file, and the image encoder as from_pretrained arguments."""
+
+    weights: Path
+    encoder_location: str
+    encoder_subfolder: str | None
+    encoder_hub: bool
+    revision: str | None = None
+
+
+def _not_available(what: str, repo: str, files: str, cause: BaseException | None = None) -> ModelNotAvailableError:
+    where = hub_cache_dir() / ("models--" + repo.replace("/", "--"))
+    why = "HF_HUB_OFFLINE is set" if is_offline() else "it could not be downloaded"
+    hint = FETCH_HINT if repo == DEFAULT_IP_ADAPTER else f"hf download {repo} {files}"
+    msg = (f"{what} {repo!r} ({files}) not found: not available locally and {why}; looked in the Hugging Face "
+           f"cache at {where} (HF_HUB_CACHE / HF_HOME). Fetch it with `{hint}` where there is network (then copy "
+           f"{where} here), or point params.ip_adapter / params.image_encoder at local files.")
+    if cause is not None:
+        msg += f" [{type(cause).__name__}: {str(cause)[:200]}]"
+    return ModelNotAvailableError(msg)
+
+
+def resolve_ip_adapter(spec: IPAdapterSpec) -> IPAdapterFiles:
+    """Find the weight file and the image encoder for `spec` (downloads only when online)."""
+    try:
+        source = parse_model_spec(spec.ip_adapter)
+    except ModelNotAvailableError as exc:
+        # parse_model_spec speaks of diffusers folders; an IP-Adapter folder has no model_index.json
+        path = Path(os.path.expanduser(spec.ip_adapter))
+        if not path.is_dir():
+            raise ModelNotAvailableError(
+                f"IP-Adapter {spec.ip_adapter!r} not found: give a hub id (default {DEFAULT_IP_ADAPTER}), a folder "
+                f"holding {spec.weight_name}, or a .safetensors file ({exc})") from None
+        source = None
+    if source is None or source.kind == "dir":
+        folder = Path(os.path.expanduser(spec.ip_adapter)).resolve()
+        weights = folder / spec.weight_name
+        if not weights.is_file() and (folder / Path(spec.weight_name).name).is_file():
+            weights = folder / Path(spec.weight_name).name
+        if not weights.is_file():
+            raise ModelNotAvailableError(
+                f"IP-Adapter weights {spec.weight_name!r} not found in folder {str(folder)!r}; set params.ip_adapter_weight "
+                f"to the file's path inside the folder, or fetch them with `{FETCH_HINT}`")
+        return _local_encoder(spec, weights, [weights.parent / "image_encoder", folder / DEFAULT_IMAGE_ENCODER_SUBFOLDER,
+                                              folder / "image_encoder"])
+    if source.kind == "file":
+        weights = Path(source.location)
+        return _local_encoder(spec, weights, [weights.parent / "image_encoder"])
+    # hub id
+    from huggingface_hub import hf_hub_download
+
+    repo = source.location
+    try:
+        weights = Path(hf_hub_download(repo, spec.weight_name, revision=source.revision, cache_dir=str(hub_cache_dir()),
+                                       local_files_only=is_offline()))
+    except Exception as exc:
+        raise _not_available("IP-Adapter", repo, spec.weight_name, exc) from exc
+    if spec.image_encoder is not None and not _is_subfolder_name(spec.image_encoder):
+        return _encoder_from_spec(spec, weights)
+    subfolder = spec.image_encoder or str(Path(spec.weight_name).parent / "image_encoder").lstrip("./")
+    if subfolder in ("", "image_encoder") and spec.weight_name == DEFAULT_IP_ADAPTER_WEIGHT:
+        subfolder = DEFAULT_IMAGE_ENCODER_SUBFOLDER
+    return IPAdapterFiles(weights, repo, subfolder, True, source.revision)
+
+
+def _is_subfolder_name(value: str) -> bool:
+    """'models/image_encoder' (a folder inside the IP-Adapter repo) rather than a path or another hub id."""
+    return not Path(os.path.expanduser(value)).exists() and value.count("/") != 1 and not value.startswith(("/", "."))
+
+
+def _local_encoder(spec: IPAdapterSpec, weights: Path, candidates: list[Path]) -> IPAdapterFiles:
+    if spec.image_encoder is not None:
+        return _encoder_from_spec(spec, weights)
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return IPAdapterFiles(weights, str(folder), None, False)
+    raise ModelNotAvailableError(
+        f"no CLIP image encoder found next to the IP-Adapter weights {str(weights)!r} (looked for "
+        f"{', '.join(str(c) for c in candidates)}); set params.image_encoder to a CLIPVisionModelWithProjection "
+        f"folder or hub id (h94/IP-Adapter keeps it in {DEFAULT_IMAGE_ENCODER_SUBFOLDER}; `{FETCH_HINT}`)")
+
+
+def _encoder_from_spec(spec: IPAdapterSpec, weights: Path) -> IPAdapterFiles:
+    value = spec.image_encoder or ""
+    path = Path(os.path.expanduser(value))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"image encoder folder {str(path)!r} has no config.json (a CLIPVisionModelWithProjection "
+                                         f"saved with save_pretrained)")
+        return IPAdapterFiles(weights, str(path.resolve()), None, False)
+    repo, _, revision = value.partition("@")
+    if repo.count("/") == 1 and all(repo.split("/")):
+        return IPAdapterFiles(weights, repo, None, True, revision or None)
+    if repo.count("/") >= 2 and not value.startswith(("/", ".", "~")):  # org/name/sub/folder
+        org, name, sub = repo.split("/", 2)
+        return IPAdapterFiles(weights, f"{org}/{name}", sub, True, revision or None)
+    raise ModelNotAvailableError(f"image encoder {value!r} not found: give a local folder or a hub id")
+
+
+def read_ip_adapter(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """A .safetensors IP-Adapter -> {"image_proj": {...}, "ip_adapter": {...}} (diffusers' layout)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelNotAvailableError(
+            f"IP-Adapter weights must be a .safetensors file (got {path.name}); h94/IP-Adapter ships "
+            f"{DEFAULT_IP_ADAPTER_WEIGHT}")
+    from safetensors import safe_open
+
+    state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            for key in fh.keys():
+                part, _, rest = key.partition(".")
+                if part in state:
+                    state[part][rest] = fh.get_tensor(key)
+    except Exception as exc:
+        raise ModelNotAvailableError(f"cannot read IP-Adapter weights {str(path)!r}: {exc}") from exc
+    if not state["image_proj"] or not state["ip_adapter"]:
+        raise EngineError(f"{str(path)!r} is not an IP-Adapter: it needs image_proj.* and ip_adapter.* tensors")
+    return state
+
+
+def _cross_attention_layers(unet: Any) -> list[tuple[str, int]]:
+    """(processor name, hidden size) of every cross-attention layer, in diffusers' IP-Adapter key order."""
+    cfg = unet.config
+    layers = []
+    for name in unet.attn_processors.keys():
+        if name.endswith("attn1.processor") or "motion_modules" in name:
+            continue
+        if name.startswith("mid_block"):
+            hidden = cfg.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(cfg.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = cfg.block_out_channels[int(name[len("down_blocks.")])]
+        layers.append((name, int(hidden)))
+    return layers
+
+
+def check_ip_adapter(state: dict[str, dict[str, torch.Tensor]], unet: Any, source: str = "IP-Adapter") -> str:
+    """Raise EngineError unless `state` fits `unet`; return the adapter kind ("base" or "plus")."""
+    hint = ("use the IP-Adapter made for this base model (SD 1.5: models/ip-adapter_sd15.safetensors; "
+            "SDXL: sdxl_models/ip-adapter_sdxl.safetensors)")
+    cross = int(unet.config.cross_attention_dim if not isinstance(unet.config.cross_attention_dim, (list, tuple))
+                else unet.config.cross_attention_dim[0])
+    proj = state["image_proj"]
+    if "proj.weight" in proj:
+        kind, out = "base", int(proj["proj.weight"].shape[0]) // 4
+    elif "latents" in proj and "proj_out.weight" in proj:
+        kind, out = "plus", int(proj["proj_out.weight"].shape[0])
+    else:
+        raise EngineError(f"{source}: unsupported image projection (keys {sorted(proj)[:4]}...); "
+                          "plain IP-Adapter and IP-Adapter-plus are supported")
+    if out != cross:
+        raise EngineError(f"{source} projects images to {out} features but the UNet's cross-attention takes {cross}; {hint}")
+    layers = _cross_attention_layers(unet)
+    for i, (name, hidden) in enumerate(layers):
+        for part in ("to_k_ip", "to_v_ip"):
+            key = f"{2 * i + 1}.{part}.weight"
+            w = state["ip_adapter"].get(key)
+            if w is None:
+                raise EngineError(f"{source} has no {key} for the UNet's cross-attention layer {i} ({name}); it has "
+                                  f"{len(state['ip_adapter']) // 2} layers, the UNet {len(layers)}; {hint}")
+            if tuple(w.shape) != (hidden, cross):
+                raise EngineError(f"{source}: {key} is {tuple(w.shape)}, the UNet's {name} needs {(hidden, cross)}; {hint}")
+    extra = len(state["ip_adapter"]) - 2 * len(layers)
+    if extra > 0 and not any("lora" in k for k in state["ip_adapter"]):
+        raise EngineError(f"{source} has {len(state['ip_adapter']) // 2} cross-attention layers, the UNet {len(layers)}; {hint}")
+    return kind
+
+
+def load_image_encoder(files: IPAdapterFiles, dtype: Any) -> Any:
+    from transformers import CLIPVisionModelWithProjection
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if files.encoder_subfolder:
+        kwargs["subfolder"] = files.encoder_subfolder
+    if files.encoder_hub:
+        kwargs.update(cache_dir=str(hub_cache_dir()), local_files_only=is_offline())
+        if files.revision:
+            kwargs["revision"] = files.revision
+    else:
+        kwargs["local_files_only"] = True
+    try:
+        return CLIPVisionModelWithProjection.from_pretrained(files.encoder_location, **kwargs).eval()
+    except Exception as exc:
+        if files.encoder_hub:
+            sub = f"{files.encoder_subfolder}/" if files.encoder_subfolder else ""
+            raise _not_available("image encoder", files.encoder_location,
+                                 f"{sub}config.json {sub}model.safetensors", exc) from exc
+        raise ModelNotAvailableError(f"cannot load the CLIP image encoder from {files.encoder_location!r}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaded adapter and its embeddings
+
+
+def array_key(array: np.ndarray) -> str:
+    """Content hash of an image array (the cache key when a request carries no reference_key)."""
+    h = hashlib.sha256()
+    h.update(repr((array.shape, str(array.dtype))).encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def pad_to_square(image: np.ndarray, fill: int = 255) -> np.ndarray:
+    """Pad H×W×3 to a square around the centre (so CLIP's centre crop never cuts the reference)."""
+    h, w = image.shape[:2]
+    side = max(h, w)
+    out = np.full((side, side, 3), fill, dtype=np.uint8)
+    y, x = (side - h) // 2, (side - w) // 2
+    out[y:y + h, x:x + w] = image
+    return out
+
+
+class EmbeddingCache:
+    """A small per-worker LRU of reference encodings (CPU tensors)."""
+
+    def __init__(self, max_items: int = 512, enabled: bool = True) -> None:
+        self.max_items = max(0, int(max_items))
+        self.enabled = bool(enabled) and self.max_items > 0
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_make(self, key: tuple, make) -> tuple[Any, bool]:
+        """(value, True) when cached, else (make(), False) and remember it."""
+        if self.enabled and key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key], True
+        self.misses += 1
+        value = make()
+        if self.enabled:
+            self._items[key] = value
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+        return value, False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class IPAdapter:
+    """An IP-Adapter loaded into one pipeline (its UNet's processors) plus its CLIP image encoder."""
+
+    def __init__(self, pipe: Any, spec: IPAdapterSpec, device: str, dtype: Any) -> None:
+        self.spec = spec
+        self.files = resolve_ip_adapter(spec)
+        state = read_ip_adapter(self.files.weights)
+        self.kind = check_ip_adapter(state, pipe.unet, f"IP-Adapter {self.files.weights.name}")
+        try:  # transformers 5 without torchvision: the PIL processor (CLIPImageProcessor would warn and fall back)
+            from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+        except ImportError:
+            from transformers import CLIPImageProcessor
+
+        encoder = load_image_encoder(self.files, dtype).to(device)
+        size = int(encoder.config.image_size)
+        # register first: diffusers' load_ip_adapter then neither warns nor tries to load one itself
+        pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=size, crop_size=size))
+        pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
+        pipe.unet.to(device)
+        self.pipe = pipe
+        self.encoder = encoder
+        self.processor = pipe.feature_extractor
+        self.device = device
+        self._scale: float | None = None
+
+    def set_scale(self, scale: float) -> None:
+        if scale != self._scale:
+            self.pipe.set_ip_adapter_scale(float(scale))
+            self._scale = float(scale)
+
+    def unload(self) -> None:
+        self.pipe.unload_ip_adapter()
+
+    @torch.no_grad()
+    def embed(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reference (H×W×3 uint8) -> (embedding, negative embedding), CPU float32, batch dim 1.
+
+        Plain IP-Adapter: CLIP image_embeds [1, D], negative zeros (diffusers' encode_image);
+        plus: penultimate hidden states [1, S, D], negative from an all-zero image.
+        """
+        from PIL import Image
+
+        pixels = self.processor(Image.fromarray(image), return_tensors="pt").pixel_values
+        pixels = pixels.to(device=self.encoder.device, dtype=self.encoder.dtype)
+        if self.kind == "plus":
+            pos = self.encoder(pixels, output_hidden_states=True).hidden_states[-2]
+            neg = self.encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
+        else:
+            pos = self.encoder(pixels).image_embeds
+            neg = torch.zeros_like(pos)
+        return pos.float().cpu(), neg.float().cpu()
+
+
+@dataclass
+class IPCondition(LatentCondition):
+    """`LatentCondition` plus per-row image embeddings ([B, D] or [B, S, D]); None = no image prompt."""
+
+    image_embeds: torch.Tensor | None = None
+    negative_image_embeds: torch.Tensor | None = None
+
+
+class IPAdapterDenoiser(LatentUNetDenoiser):
+    """`LatentUNetDenoiser` whose UNet also takes IP-Adapter image embeddings."""
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: IPCondition) -> torch.Tensor:
+        c = condition
+        if getattr(c, "image_embeds", None) is None:
+            return super().predict(x_t, t, alpha_bar_t, condition)
+        cfg = c.negative_embeds is not None
+        outs = []
+        dtype, device = self.unet.dtype, self.unet.device
+        for sl in chunks(x_t.shape[0], self.rows_per_call):
+            x = x_t[sl]
+            if self.in_channels == 9:
+                x = torch.cat([x, c.mask[sl].to(x), c.masked_latents[sl].to(x)], dim=1)
+            emb, ts, img = c.prompt_embeds[sl], t[sl], c.image_embeds[sl]
+            added: dict[str, torch.Tensor] = {}
+            if c.text_embeds is not None:
+                added = {"text_embeds": c.text_embeds[sl], "time_ids": c.time_ids[sl]}
+            if cfg:  # diffusers' order: [unconditional, conditional]
+                x, ts = torch.cat([x, x]), torch.cat([ts, ts])
+                emb = torch.cat([c.negative_embeds[sl], emb])
+                img = torch.cat([c.negative_image_embeds[sl], img])
+                if added:
+                    added = {"text_embeds": torch.cat([c.negative_text_embeds[sl], added["text_embeds"]]),
+                             "time_ids": torch.cat([c.negative_time_ids[sl], added["time_ids"]])}
+            cond = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
+            cond["image_embeds"] = [img.unsqueeze(1).to(device=device, dtype=dtype)]  # one image per row
+            out = self.unet(x.to(device=device, dtype=dtype), ts.to(device),
+                            encoder_hidden_states=emb.to(device=device, dtype=dtype), added_cond_kwargs=cond).sample.float()
+            if cfg:
+                uncond, cond_out = out.chunk(2)
+                out = uncond + c.guidance_scale * (cond_out - uncond)
+            if self.model_prediction == "v_prediction":
+                a = alpha_bar_t[sl].view(-1, 1, 1, 1).to(out)
+                out = a.sqrt() * out + (1 - a).sqrt() * x_t[sl].to(out)
+            outs.append(out)
+        return torch.cat(outs).to(x_t.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared engine base
+
+
+@dataclass
+class RefJob(Job):
+    """A Job with a reference: the image the adapter sees, an SDEdit start, and the cache outcome."""
+
+    spec: IPAdapterSpec = field(default_factory=IPAdapterSpec)
+    reference: np.ndarray | None = None
+    reference_key: str | None = None
+    init: torch.Tensor | None = None  # [1, 3, h, w] in [-1, 1] at the job's window, or None
+    reference_cached: bool | None = None
+
+    def key(self) -> tuple:
+        return (*super().key(), self.spec, self.init is not None)
+
+
+class IPAdapterSDEngine(SDEngine):
+    """SD (any UNet the `sd` engine takes) + IP-Adapter through the masked sampler. Subclasses
+    implement `_prepare(index, request) -> RefJob`."""
+
+    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
+        super().__init__(model=model, device=device, **options)
+        self.cache = EmbeddingCache(int(options.get("cache_size", 512)), enabled=bool(options.get("cache", True)))
+        self.adapter: IPAdapter | None = None
+
+    def _setup(self, pipe: Any) -> None:
+        super()._setup(pipe)
+        self.denoiser = IPAdapterDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
+                                          self.rows_per_call)
+
+    def ip_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
+        """The loaded adapter for `spec` (loaded on first use; another spec replaces it)."""
+        if self.adapter is None or self.adapter.spec.weights_key != spec.weights_key:
+            if self.adapter is not None:
+                self.adapter.unload()
+                self.adapter = None
+            self.adapter = IPAdapter(self.pipe, spec, self.device, self.dtype)
+        self.adapter.set_scale(spec.scale)
+        return self.adapter
+
+    def spec_for(self, request: EditRequest) -> IPAdapterSpec:
+        return IPAdapterSpec.from_params(request.params, self.options)
+
+    def embeddings(self, job: RefJob, adapter: IPAdapter) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (job.reference_key or array_key(job.reference), job.spec.weights_key)
+        (pos, neg), cached = self.cache.get_or_make(key, lambda: adapter.embed(job.reference))
+        job.reference_cached = cached
+        return pos, neg
+
+    def _run(self, jobs: list[Job]) -> list[EditResult]:
+        return self._run_sampler(jobs)
+
+    def _run_sampler(self, jobs: list[RefJob]) -> list[EditResult]:  # type: ignore[override]
+        first = jobs[0]
+        device = torch.device(self.device)
+        adapter = self.ip_adapter(first.spec)
+        images = torch.cat([j.image for j in jobs]).to(device)
+        masks = torch.cat([j.mask for j in jobs]).to(device)
+        base = self.condition(jobs, images, masks)
+        pairs = [self.embeddings(j, adapter) for j in jobs]
+        condition = IPCondition(**vars(base), image_embeds=torch.cat([p for p, _ in pairs]).to(device),
+                                negative_image_embeds=torch.cat([n for _, n in pairs]).to(device))
+        init = None
+        if any(j.init is not None for j in jobs):
+            init = torch.cat([j.init if j.init is not None else j.image for j in jobs]).to(device)
+        config = SamplerConfig(
+            steps=first.steps, strength=first.strength, scheduler=first.scheduler, eta=first.eta,
+            jump_length=first.jumps[0], jump_n_sample=first.jumps[1], schedule=dict(self.pipe.scheduler.config),
+        )
+        out = masked_sample(self.denoiser, images, masks, generators(jobs), config, condition=condition, init=init)
+        results = []
+        for i, job in enumerate(jobs):
+            result = self._result(job, job.plan.paste(job.request.image, out.images[i]), out.nfe, first.scheduler)
+            result.reference_cached = job.reference_cached
+            results.append(result)
+        return results
