@@ -17,6 +17,8 @@ ENGINES: dict[str, str] = {
 #: (engine name, task) -> "module:Class" where a task has its own implementation under a name:
 #: try-on and makeup are conditioned on a reference, so `builtin` and `sd` mean other classes there.
 TASK_ENGINES: dict[tuple[str, str], str] = {
+    ("builtin", "tryon"): "editflow.engines.tryon:BuiltinTryOnEngine",
+    ("builtin", "makeup"): "editflow.engines.makeup:BuiltinMakeupEngine",
     ("sd-ipadapter", "tryon"): "editflow.engines.tryon_sd:SDIPAdapterTryOnEngine",
     ("concat", "tryon"): "editflow.engines.tryon_sd:ConcatTryOnEngine",
     ("sd", "makeup"): "editflow.engines.makeup_sd:SDMakeupEngine",

@@ -1,0 +1,368 @@
+"""Weight-free virtual try-on: the builtin patch-prior sampler with the garment as its data set,
+plus the person's shading put back (engine `builtin`, task `tryon`).
+
+This is a *weight-free approximation* of try-on, not a try-on model. It knows nothing of garment
+shape, fit, folds or pose: it re-textures the garment mask (made by the mask stage, e.g.
+`garment:upper`) with the garment photo's colours and texture and keeps the person's shading.
+The conditioned diffusers engines are the real thing; this one runs anywhere, offline.
+
+Per row:
+
+1. **Garment** (cached per worker by `reference_key`): the garment photo's foreground — garment
+   photos are usually shot on a plain background, so pixels far (CIE ΔE) from the border's median
+   colour, cleaned up (open/close, largest parts, holes filled, eroded 1 px so no patch straddles
+   the background), or `params["reference_mask"]` when the row gives one (an H'×W' array or nested
+   list, > 0 = garment). A photo with a busy border counts as all garment. The crop to the
+   foreground box, its mask and its mean colour are kept. The category picks what to sample:
+   `upper` on a tall photo (height > 1.6 × width: a dress or a full outfit) samples its top part,
+   `lower` on such a photo its bottom part; otherwise (and for `dress`) all of it; override with
+   `params["garment_region"]` = "all" | "top" | "bottom".
+2. **Start**: inside the mask, the garment crop stretched onto the mask's bounding box (a
+   box-to-box warp, the crudest garment warp there is; `params["start"]` "flat" uses the garment's
+   mean colour instead) times the person's shading (below).
+3. **Sampler**: `BuiltinEngine` (this class's base) with task `tryon`: `masked_sample` with the
+   `PatchPriorDenoiser` on its pyramid, the garment's foreground patches as the data set, SDEdit
+   from the start at strength default 0.2 (the layout prior also stretches the garment's box onto
+   the mask's). The sampler re-synthesises the start from garment patches, which removes the
+   warp's resampling blur and seams; above ~0.4 it also scrambles regular patterns (checks,
+   stripes): a 7×7-patch prior keeps no long-range period, so the start's layout is what keeps it.
+4. **Shading** (offline_perf.md §1.6: "do the transfer on a detail/chroma layer and keep the
+   target's low-frequency luminance"): an intrinsic-image split in linear RGB, image = albedo ×
+   shading, with shading = low-pass luminance / its mean over the mask (a Gaussian of
+   `shading_sigma` × the mask box's long side, default 0.04, normalised inside the mask only).
+   The output is the sampler's result × (person's shading / result's own shading) ^ `keep_shading`
+   (default 1; 0 skips this step). The garment keeps its mean colour and its texture
+   finer than the low-pass; the person's folds and light come back. The person's shading is clipped
+   to [0.35, 1.6] × its mean, so a dark badge or a strap on the old clothes does not become a black
+   hole in the new ones — but it does still show, faintly: albedo and shading are not separable
+   from one photo, and a garment pattern coarser than the low-pass is flattened.
+
+Row params (besides the builtin's): `reference_mask`, `garment_region`, `start`, `keep_shading`,
+`shading_sigma`, `bg_threshold` (ΔE from the border colour that counts as garment, default 12).
+The row's `strength` (default 0.2) and `steps` go to the sampler as usual.
+Engine options: `cache` (default True; False prepares the garment on every row), `cache_size`
+(garments kept per worker, default 32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from editflow.engines.base import EditRequest, EditResult, EngineError
+from editflow.engines.builtin import BuiltinEngine
+
+CATEGORIES = ("upper", "lower", "dress")
+REGIONS = ("all", "top", "bottom")
+TALL = 1.6  # foreground height / width above which a garment photo is a dress or a full outfit
+SHADING_CLIP = (0.35, 1.6)
+DEFAULT_STRENGTH = 0.2
+
+
+@dataclass
+class Garment:
+    """A garment photo prepared for sampling (what the per-worker cache keeps)."""
+
+    rgb: np.ndarray  # h×w×3 uint8: the photo cropped to the sampled foreground's box
+    mask: np.ndarray  # h×w float32 {0, 1}: the sampled foreground inside that crop
+    mean_rgb: np.ndarray  # (3,) float32 linear RGB mean over the mask
+    foreground: np.ndarray  # H'×W' bool: the whole foreground in the original photo
+    region: str  # "all" | "top" | "bottom"
+    source: str  # "estimated" | "given" | "whole"
+
+
+# --------------------------------------------------------------------------------------------
+# Garment preparation
+
+
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+
+def garment_foreground(reference: np.ndarray, threshold: float = 12.0) -> tuple[np.ndarray, str]:
+    """Bool foreground of a garment photo, and how it was found ("estimated" or "whole").
+
+    The background is the border's median colour when the border is plain (most of it within
+    `threshold` ΔE of its median); the garment is what differs from it, cleaned up. A busy border
+    or an implausible result (under 2 % or over 98 % of the photo) -> the whole photo.
+    """
+    h, w = reference.shape[:2]
+    lab = _lab(reference)
+    b = max(1, min(h, w) // 64)
+    border = np.concatenate([lab[:b].reshape(-1, 3), lab[-b:].reshape(-1, 3),
+                             lab[:, :b].reshape(-1, 3), lab[:, -b:].reshape(-1, 3)])
+    colour = np.median(border, axis=0)
+    if np.mean(np.linalg.norm(border - colour, axis=1) < threshold) < 0.8:
+        return np.ones((h, w), bool), "whole"
+    fg = (np.linalg.norm(lab - colour, axis=2) >= threshold).astype(np.uint8)
+    k = max(3, (min(h, w) // 100) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    fg = cv2.morphologyEx(cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if n <= 1:
+        return np.ones((h, w), bool), "whole"
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = 1 + np.nonzero(areas >= 0.1 * areas.max())[0]
+    fg = np.isin(labels, keep).astype(np.uint8)
+    # fill holes: background = what a flood from the border reaches
+    padded = np.pad(fg, 1)
+    flood = padded.copy()
+    cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 2)
+    fg = (flood[1:-1, 1:-1] != 2).astype(np.uint8)
+    fg = cv2.erode(fg, np.ones((3, 3), np.uint8))  # no patch straddles the anti-aliased edge
+    fraction = float(fg.mean())
+    if not 0.02 <= fraction <= 0.98:
+        return np.ones((h, w), bool), "whole"
+    return fg.astype(bool), "estimated"
+
+
+def _region_for(category: str | None, foreground: np.ndarray, asked: Any) -> str:
+    if asked is not None:
+        region = str(asked).lower()
+        if region not in REGIONS:
+            raise EngineError(f"params.garment_region must be one of {', '.join(REGIONS)}, got {asked!r}")
+        return region
+    ys, xs = np.nonzero(foreground)
+    tall = (ys.max() - ys.min() + 1) > TALL * (xs.max() - xs.min() + 1)
+    if tall and category == "upper":
+        return "top"
+    if tall and category == "lower":
+        return "bottom"
+    return "all"
+
+
+def prepare_garment(reference: np.ndarray, category: str | None = None, reference_mask: Any = None,
+                    region: Any = None, threshold: float = 12.0) -> Garment:
+    """Foreground, sampled region, crop and mean colour of a garment photo (see the module doc)."""
+    ref = np.asarray(reference)
+    if ref.ndim != 3 or ref.shape[2] != 3 or ref.dtype != np.uint8:
+        raise EngineError(f"reference must be an H×W×3 uint8 image, got {ref.shape} {ref.dtype}")
+    if category is not None and category not in CATEGORIES:
+        raise EngineError(f"category must be one of {', '.join(CATEGORIES)}, got {category!r}")
+    if reference_mask is not None:
+        fg = np.asarray(reference_mask, dtype=np.float32)
+        if fg.shape != ref.shape[:2]:
+            raise EngineError(f"params.reference_mask must be {ref.shape[:2]}, got {fg.shape}")
+        fg, source = fg > 0, "given"
+        if not fg.any():
+            raise EngineError("params.reference_mask is empty")
+    else:
+        fg, source = garment_foreground(ref, threshold)
+    region = _region_for(category, fg, region)
+    sampled = fg.copy()
+    if region != "all":
+        ys = np.nonzero(fg)[0]
+        y0, y1 = int(ys.min()), int(ys.max()) + 1
+        cut = y0 + int(round(0.55 * (y1 - y0)))
+        if region == "top":
+            sampled[cut:] = False
+        else:
+            sampled[: y1 - (cut - y0)] = False
+    ys, xs = np.nonzero(sampled)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    rgb = np.ascontiguousarray(ref[y0:y1, x0:x1])
+    mask = sampled[y0:y1, x0:x1].astype(np.float32)
+    mean = _linear(rgb)[mask > 0].mean(axis=0).astype(np.float32)
+    return Garment(rgb=rgb, mask=mask, mean_rgb=mean, foreground=fg, region=region, source=source)
+
+
+# --------------------------------------------------------------------------------------------
+# Shading
+
+
+def _linear(rgb: np.ndarray) -> np.ndarray:
+    """uint8 sRGB -> float32 linear RGB in [0, 1]."""
+    x = rgb.astype(np.float32) / 255.0
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def _srgb(lin: np.ndarray) -> np.ndarray:
+    """float linear RGB -> uint8 sRGB."""
+    x = np.clip(lin, 0.0, 1.0)
+    x = np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _luminance(lin: np.ndarray) -> np.ndarray:
+    # a weighted sum, not `lin @ weights`: no BLAS call (OpenBLAS threads fight torch's on small CPUs)
+    return 0.2126 * lin[..., 0] + 0.7152 * lin[..., 1] + 0.0722 * lin[..., 2]
+
+
+def _masked_blur(values: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Normalised convolution: the Gaussian mean of `values` over the mask's pixels only."""
+    m = mask.astype(np.float32)
+    num = cv2.GaussianBlur(values * m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    den = cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return num / np.maximum(den, 1e-6)
+
+
+def shading_map(rgb: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Low-frequency luminance inside the mask over its mean there (1 = average light)."""
+    lum = _luminance(_linear(rgb))
+    low = _masked_blur(lum, mask, sigma)
+    inside = mask > 0
+    return low / max(float(low[inside].mean()), 1e-6)
+
+
+def _box(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask > 0)
+    h, w = mask.shape
+    return (max(0, int(ys.min()) - margin), min(h, int(ys.max()) + 1 + margin),
+            max(0, int(xs.min()) - margin), min(w, int(xs.max()) + 1 + margin))
+
+
+def _sigma(mask: np.ndarray, fraction: float) -> float:
+    ys, xs = np.nonzero(mask > 0)
+    return max(1.0, fraction * max(int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1))
+
+
+def garment_layout(garment: Garment, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The garment crop stretched onto the mask's bounding box (a box-to-box affine warp, the
+    crudest garment warp there is): linear RGB H×W×3 and a bool H×W "garment pixel here" map. Where
+    the stretched garment has background (the neck hole, beside the sleeves) it is its mean colour."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask > 0)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    lin = _linear(garment.rgb)
+    lin[garment.mask <= 0] = garment.mean_rgb
+    size = (x1 - x0, y1 - y0)
+    area = (x1 - x0) * (y1 - y0) < garment.mask.size
+    stretched = cv2.resize(lin, size, interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
+    valid = cv2.resize(garment.mask, size, interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR) > 0.5
+    layout = np.broadcast_to(garment.mean_rgb, (h, w, 3)).copy()
+    layout[y0:y1, x0:x1] = stretched
+    on = np.zeros((h, w), bool)
+    on[y0:y1, x0:x1] = valid
+    return layout, on
+
+
+def shaded_start(person: np.ndarray, mask: np.ndarray, garment: Garment, sigma_fraction: float = 0.04,
+                 mode: str = "warp") -> np.ndarray:
+    """The sampler's start: inside the mask, the garment (`mode` "warp": stretched onto the mask's
+    box; "flat": its mean colour) × the person's shading; the person elsewhere."""
+    inside = mask > 0
+    out = person.copy()
+    if not inside.any():
+        return out
+    sigma = _sigma(mask, sigma_fraction)
+    y0, y1, x0, x1 = _box(mask, int(3 * sigma))
+    shade = np.clip(shading_map(person[y0:y1, x0:x1], inside[y0:y1, x0:x1], sigma), *SHADING_CLIP)
+    if mode == "warp":
+        albedo = garment_layout(garment, mask)[0][y0:y1, x0:x1]
+    elif mode == "flat":
+        albedo = np.broadcast_to(garment.mean_rgb, (y1 - y0, x1 - x0, 3))
+    else:
+        raise EngineError(f"params.start must be 'warp' or 'flat', got {mode!r}")
+    fill = _srgb(shade[..., None] * albedo)
+    region = out[y0:y1, x0:x1]
+    region[inside[y0:y1, x0:x1]] = fill[inside[y0:y1, x0:x1]]
+    return out
+
+
+def keep_shading(person: np.ndarray, result: np.ndarray, mask: np.ndarray, amount: float = 1.0,
+                 sigma_fraction: float = 0.04) -> np.ndarray:
+    """`result` inside the mask with its own low-frequency shading swapped for the person's.
+
+    Linear RGB: out = result × (S_person / S_result) ^ amount, S = low-pass luminance / its mean
+    over the mask; the person's S is clipped to [0.35, 1.6]. Outside the mask `result` is returned
+    unchanged (the edit stage pastes the original there anyway).
+    """
+    inside = mask > 0
+    out = result.copy()
+    if amount <= 0 or not inside.any():
+        return out
+    sigma = _sigma(mask, sigma_fraction)
+    y0, y1, x0, x1 = _box(mask, int(3 * sigma))
+    m = inside[y0:y1, x0:x1]
+    s_person = np.clip(shading_map(person[y0:y1, x0:x1], m, sigma), *SHADING_CLIP)
+    s_result = np.clip(shading_map(result[y0:y1, x0:x1], m, sigma), 0.05, None)
+    ratio = np.power(s_person / s_result, float(amount))
+    lin = _linear(result[y0:y1, x0:x1]) * ratio[..., None]
+    fixed = _srgb(lin)
+    region = out[y0:y1, x0:x1]
+    region[m] = fixed[m]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+
+
+class BuiltinTryOnEngine(BuiltinEngine):
+    """Weight-free try-on: garment patches through the builtin sampler, person's shading kept."""
+
+    name = "builtin"
+    tasks = frozenset({"tryon"})
+
+    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
+        super().__init__(model=model, device=device, **options)
+        self.use_cache = bool(options.get("cache", True))
+        self.cache_size = int(options.get("cache_size", 32))
+        self._garments: OrderedDict[tuple, Garment] = OrderedDict()
+        self.stats = {"garments_prepared": 0, "garment_hits": 0}
+
+    def garment(self, request: EditRequest) -> tuple[Garment, bool]:
+        """The request's prepared garment and whether it came from the per-worker cache."""
+        p = request.params
+        given = p.get("reference_mask")
+        threshold = float(p.get("bg_threshold", 12.0))
+        key = None
+        if self.use_cache and request.reference_key and given is None:
+            key = (request.reference_key, request.category, p.get("garment_region"), threshold)
+            cached = self._garments.get(key)
+            if cached is not None:
+                self._garments.move_to_end(key)
+                self.stats["garment_hits"] += 1
+                return cached, True
+        garment = prepare_garment(request.reference, request.category, given, p.get("garment_region"), threshold)
+        self.stats["garments_prepared"] += 1
+        if key is not None and self.cache_size > 0:
+            self._garments[key] = garment
+            while len(self._garments) > self.cache_size:
+                self._garments.popitem(last=False)
+        return garment, False
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        results: list[EditResult | Exception | None] = [None] * len(requests)
+        staged: list[tuple[int, Garment, bool, EditRequest]] = []
+        for i, request in enumerate(requests):
+            try:
+                if request.task != "tryon":
+                    raise EngineError(f"this engine runs task tryon, not {request.task!r}")
+                if request.reference is None:
+                    raise EngineError("task tryon needs a reference image (the garment)")
+                if request.mask.shape != request.image.shape[:2] or not (request.mask > 0).any():
+                    raise EngineError("mask is empty or does not match the image: nothing to try on")
+                garment, cached = self.garment(request)
+                sigma = float(request.params.get("shading_sigma", 0.04))
+                params = {k: v for k, v in request.params.items() if k not in ("garment_region", "keep_shading",
+                                                                               "shading_sigma", "bg_threshold", "start")}
+                params["reference_mask"] = garment.mask
+                start = shaded_start(request.image, request.mask, garment, sigma,
+                                     str(request.params.get("start", "warp")).lower())
+                strength = DEFAULT_STRENGTH if request.strength is None else request.strength
+                sub = dataclasses.replace(request, image=start, strength=strength,
+                                          reference=garment.rgb, params=params)
+                staged.append((i, garment, cached, sub))
+            except Exception as exc:
+                results[i] = exc
+        outputs = super().edit_batch([s[3] for s in staged]) if staged else []
+        for (i, _garment, cached, _sub), out in zip(staged, outputs):
+            if isinstance(out, Exception):
+                results[i] = out
+                continue
+            request = requests[i]
+            try:
+                amount = float(request.params.get("keep_shading", 1.0))
+                sigma = float(request.params.get("shading_sigma", 0.04))
+                image = keep_shading(request.image, out.image, request.mask, amount, sigma)
+                results[i] = dataclasses.replace(out, image=image, reference_cached=cached,
+                                                 model="patch-prior+shading")
+            except Exception as exc:
+                results[i] = exc
+        return [r if r is not None else EngineError("no result") for r in results]
