@@ -77,7 +77,7 @@ def test_registered_for_the_makeup_task() -> None:
 
 def test_lips_take_the_reference_colour(faces) -> None:
     before, after = lip_distance(faces["target"], faces), lip_distance(faces["out"], faces)
-    assert before > 40 and after < 0.2 * before, (before, after)  # measured: 60.2 -> 3.6
+    assert before > 40 and after < 0.2 * before, (before, after)  # measured: 59.0 -> 2.8 (the start alone: 0.2)
 
 
 def test_skin_outside_the_masks_is_unchanged(faces) -> None:
@@ -96,10 +96,11 @@ def test_makeup_start_is_the_public_same_start(faces) -> None:
     start = makeup_start(faces["target"], faces["reference"], ("lips",), landmarker=faces["landmarker"])
     lips = faces["masks"]["face:lips"] > 0
     assert (start[~lips] == faces["target"][~lips]).all()  # only the lips move
-    assert lip_distance(start, faces) < 5  # measured 1.2
+    assert lip_distance(start, faces) < 5
     # a prepared reference face (what the engines cache) gives the same start
     ref = prepare_face(faces["reference"], faces["landmarker"], what="reference image")
-    again = makeup_start(faces["target"], faces["reference"], "lips", reference_face=ref, landmarker=faces["landmarker"])
+    again = makeup_start(faces["target"], faces["reference"], "lips", reference_face=ref,
+                         landmarker=faces["landmarker"])
     np.testing.assert_array_equal(again, start)
 
 
@@ -162,11 +163,13 @@ def test_tryon_and_makeup_rows_through_the_local_runner(faces, tmp_path) -> None
     Image.fromarray(faces["reference"]).save(tmp_path / "lipstick.png")
     Image.fromarray(checked_tshirt(128)[0]).save(tmp_path / "tshirt.png")
     Image.fromarray(skimage_data.coffee()[::4, ::4].copy()).save(tmp_path / "coffee.png")
+    makeup = {"task": "makeup", "seed": 7, "image": "face.png", "reference": "lipstick.png", "mask": "auto"}
     manifest = write_jsonl(tmp_path / "m.jsonl", [
-        {"id": "makeup", "task": "makeup", "seed": 7, "image": "face.png", "reference": "lipstick.png", "mask": "auto"},
-        {"id": "makeup-again", "task": "makeup", "seed": 7, "image": "face.png", "reference": "lipstick.png", "mask": "auto"},
-        {"id": "tryon", "task": "tryon", "image": "face.png", "reference": "tshirt.png", "category": "upper", "mask": "auto"},
-        {"id": "no-face-ref", "task": "makeup", "image": "face.png", "reference": "coffee.png", "mask": "auto"},
+        {"id": "makeup", **makeup},
+        {"id": "makeup-again", **makeup},
+        {"id": "tryon", "task": "tryon", "image": "face.png", "reference": "tshirt.png", "category": "upper",
+         "mask": "auto"},
+        {"id": "no-face-ref", **makeup, "reference": "coffee.png"},
     ])
     out = tmp_path / "out"
     summary = run_manifest(read_manifest(manifest), RunConfig(out_dir=str(out), base_dir=str(tmp_path)),
@@ -182,4 +185,5 @@ def test_tryon_and_makeup_rows_through_the_local_runner(faces, tmp_path) -> None
     np.testing.assert_array_equal(np.asarray(Image.open(out / rows["makeup-again"]["output"])), made_up)
     assert lip_distance(made_up, faces) < 0.2 * lip_distance(faces["target"], faces)
     bad = rows["no-face-ref"]
-    assert (bad["status"], bad["error_stage"], bad["error_message"]) == ("error", "edit", "no face found in the reference image")
+    assert (bad["status"], bad["error_stage"]) == ("error", "edit")
+    assert bad["error_message"] == "no face found in the reference image"

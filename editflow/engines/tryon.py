@@ -62,6 +62,8 @@ REGIONS = ("all", "top", "bottom")
 TALL = 1.6  # foreground height / width above which a garment photo is a dress or a full outfit
 SHADING_CLIP = (0.35, 1.6)
 DEFAULT_STRENGTH = 0.2
+#: row params this engine reads itself (the rest go to the builtin sampler)
+OWN_PARAMS = ("garment_region", "keep_shading", "shading_sigma", "bg_threshold", "start")
 
 
 @dataclass
@@ -340,8 +342,7 @@ class BuiltinTryOnEngine(BuiltinEngine):
                     raise EngineError("mask is empty or does not match the image: nothing to try on")
                 garment, cached = self.garment(request)
                 sigma = float(request.params.get("shading_sigma", 0.04))
-                params = {k: v for k, v in request.params.items() if k not in ("garment_region", "keep_shading",
-                                                                               "shading_sigma", "bg_threshold", "start")}
+                params = {k: v for k, v in request.params.items() if k not in OWN_PARAMS}
                 params["reference_mask"] = garment.mask
                 start = shaded_start(request.image, request.mask, garment, sigma,
                                      str(request.params.get("start", "warp")).lower())
