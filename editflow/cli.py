@@ -33,6 +33,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sam-checkpoint", default=os.environ.get("EDITFLOW_SAM_CHECKPOINT"),
                         help="segment-anything checkpoint file or folder for sam: masks (env EDITFLOW_SAM_CHECKPOINT)")
     parser.add_argument("--sam-model-type", default="vit_b", help="vit_b (default), vit_l or vit_h")
+    parser.add_argument("--no-cache", dest="cache", action="store_false",
+                        help="turn off the per-worker mask and reference caches (to measure what they save)")
     parser.add_argument("--sam-refine", action="store_true",
                         help="refine landmark masks (face:, person) with SAM when a checkpoint is set")
     _add_media(parser)
@@ -142,6 +144,7 @@ def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> R
         cpu_threads=args.cpu_threads, output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
         sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, sam_refine=args.sam_refine,
+        cache=args.cache,
     )
     return RunConfig(**{**settings, **extra})
 

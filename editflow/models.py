@@ -89,6 +89,16 @@ ENGINE_MODELS: dict[str, list[ModelInfo]] = {
         ModelInfo("google/ddpm-ema-church-256", "DDPM pixel UNet (256 px churches)"),
         ModelInfo("google/ddpm-ema-bedroom-256", "DDPM pixel UNet (256 px bedrooms)"),
     ],
+    "sd-ipadapter": [
+        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint + IP-Adapter (try-on)",
+                  "any SD model `sd` takes; the adapter comes from params ip_adapter"),
+        ModelInfo("h94/IP-Adapter", "IP-Adapter weights + CLIP image encoder",
+                  "models/ip-adapter_sd15.safetensors and models/image_encoder (the params' default)"),
+    ],
+    "concat": [
+        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel) for concat try-on",
+                  "plus your self-attention checkpoint (.safetensors) in params attention"),
+    ],
 }
 
 DEFAULT_MODELS: dict[str, str] = {name: models[0].id for name, models in ENGINE_MODELS.items() if models}
