@@ -36,6 +36,9 @@ def main() -> None:
         path = Path(tmp) / "catalog.jsonl"
         stats = build_tryon_manifest(catalog / "persons.jsonl", catalog / "garments.jsonl", path)
         manifest = read_manifest(path)
+        # warm-up: first imports and model initialisation would otherwise count against one side
+        run_manifest(manifest, RunConfig(out_dir=f"{tmp}/warm", base_dir=manifest.base_dir), executor=args.executor,
+                     workers=1, progress=False)
         figures = {}
         for cache in (True, False):
             config = RunConfig(out_dir=f"{tmp}/out-{cache}", base_dir=manifest.base_dir, cache=cache)

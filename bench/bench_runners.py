@@ -30,7 +30,10 @@ def repeated_manifest(folder: Path, repeat: int) -> Path:
     with open(path, "w") as fh:
         for i in range(repeat):
             for row in rows:
-                row = dict(row, id=f"{row['id']}-{i}", image=str(REPO / "manifests" / row["image"]))
+                row = dict(row, id=f"{row['id']}-{i}")
+                for key in ("image", "reference"):  # the copy lives elsewhere: absolute paths
+                    if row.get(key):
+                        row[key] = str(REPO / "manifests" / row[key])
                 fh.write(json.dumps(row) + "\n")
     return path
 
