@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from editflow.media import atomic_write_bytes, encode_image
+    from editflow.media import atomic_write_bytes
     from editflow.runners.local import build_stages
     from editflow.runners.stages import new_row, run_stages
 

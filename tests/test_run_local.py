@@ -14,7 +14,7 @@ from PIL import Image
 from editflow import cli
 from editflow.results import RESULT_COLUMNS, scan_results
 from editflow.runners import local as local_runner
-from tests.conftest import write_image, write_jsonl
+from tests.conftest import write_jsonl
 
 
 def all_result_rows(out: Path) -> list[dict]:

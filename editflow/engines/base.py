@@ -86,6 +86,47 @@ class EngineError(ValueError):
     """A request the engine cannot run (wrong task, missing reference, bad params)."""
 
 
+def run_grouped(jobs: list[Any], run: Any, results: list) -> None:
+    """Group jobs by `job.key()`, call `run(group) -> list[EditResult]`, scatter into `results[job.index]`.
+
+    A failure inside one group's call becomes every row of that group's error, not the batch's.
+    """
+    groups: dict[tuple, list[Any]] = {}
+    for job in jobs:
+        groups.setdefault(job.key(), []).append(job)
+    for group in groups.values():
+        try:
+            for job, result in zip(group, run(group), strict=True):
+                results[job.index] = result
+        except Exception as exc:
+            for job in group:
+                results[job.index] = exc
+
+
+class JobEngine(Engine):
+    """An engine that checks each request into a job (`_prepare`), then runs compatible jobs
+    together (`_run`): rows that share a size and settings share one batched call."""
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        results: list[Any] = [None] * len(requests)
+        jobs = []
+        for i, request in enumerate(requests):
+            try:
+                jobs.append(self._prepare(i, request))
+            except Exception as exc:
+                results[i] = exc
+        run_grouped(jobs, self._run, results)
+        return [r if r is not None else EngineError("no result") for r in results]
+
+    @abstractmethod
+    def _prepare(self, index: int, request: EditRequest) -> Any:
+        """Check one request and turn it into a job with `.index` and `.key()`."""
+
+    @abstractmethod
+    def _run(self, jobs: list[Any]) -> list[EditResult]:
+        """Edit a group of jobs that share a key; one result per job, in order."""
+
+
 def composite_unmasked(original: np.ndarray, edited: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Blend `edited` over `original` by `mask`; where the mask is 0 the original is kept exactly."""
     if edited.shape != original.shape:

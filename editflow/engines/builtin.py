@@ -56,7 +56,7 @@ import torch.nn.functional as F
 
 from editflow.diffusion.patch_prior import PatchPriorDenoiser, build_condition
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, Engine, EngineError
+from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 
 TASKS = frozenset({"inpaint", "sdedit", "repaint", "tryon", "makeup"})
 DEFAULT_STRENGTH = {"inpaint": 1.0, "repaint": 1.0, "sdedit": 0.6, "tryon": 0.8, "makeup": 0.5}
@@ -96,7 +96,7 @@ class _Job:
                 tuple(sorted((k, repr(v)) for k, v in self.params.items())), self.init is None)
 
 
-class BuiltinEngine(Engine):
+class BuiltinEngine(JobEngine):
     """Weight-free editing with the closed-form patch prior (see the module docstring)."""
 
     name = "builtin"
@@ -105,24 +105,6 @@ class BuiltinEngine(Engine):
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         super().__init__(model=model, device=device or "cpu", **options)
         self.denoiser = PatchPriorDenoiser()
-
-    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
-        results: list[EditResult | Exception | None] = [None] * len(requests)
-        groups: dict[tuple, list[_Job]] = {}
-        for i, request in enumerate(requests):
-            try:
-                job = self._prepare(i, request)
-                groups.setdefault(job.key(), []).append(job)
-            except Exception as exc:
-                results[i] = exc
-        for jobs in groups.values():
-            try:
-                for job, result in zip(jobs, self._run(jobs)):
-                    results[job.index] = result
-            except Exception as exc:
-                for job in jobs:
-                    results[job.index] = exc
-        return [r if r is not None else EngineError("no result") for r in results]
 
     # ----------------------------------------------------------------------------------------
     # Preparation

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, Engine, EngineError
+from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.engines.crop import plan_crop
 from editflow.engines.latent import PixelUNetDenoiser
-from editflow.engines.sd import Job, check_request, generators, run_grouped
+from editflow.engines.sd import Job, check_request, generators
 from editflow.models import DEFAULT_MODELS, RuntimeOptions, load_pixel_unet, select_device, select_dtype
 
 TASKS = frozenset({"inpaint", "sdedit", "repaint"})
@@ -39,7 +39,7 @@ DEFAULT_STRENGTH = {"inpaint": 1.0, "sdedit": 0.6, "repaint": 1.0}
 DEFAULT_JUMPS = (10, 10)
 
 
-class DDPMEngine(Engine):
+class DDPMEngine(JobEngine):
     """RePaint / SDEdit with a pixel-space DDPM UNet."""
 
     name = "ddpm"
@@ -59,17 +59,6 @@ class DDPMEngine(Engine):
                                           self.runtime.rows_per_call(self.device))
         size = unet.config.sample_size
         self.resolution = int(size[0] if isinstance(size, (list, tuple)) else size)
-
-    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
-        results: list[Any] = [None] * len(requests)
-        jobs = []
-        for i, request in enumerate(requests):
-            try:
-                jobs.append(self._prepare(i, request))
-            except Exception as exc:
-                results[i] = exc
-        run_grouped(jobs, self._run, results)
-        return [r if r is not None else EngineError("no result") for r in results]
 
     def _prepare(self, index: int, request: EditRequest) -> Job:
         check_request(request, TASKS, self.name)

@@ -33,7 +33,6 @@ mask box, default 0.5), ``scheduler`` (sampler path: ``ddim`` default or ``ddpm`
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, Engine, EngineError
+from editflow.engines.base import EditRequest, EditResult, Engine, EngineError, JobEngine
 from editflow.engines.crop import CropPlan, plan_crop
 from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks
 from editflow.models import (
@@ -97,26 +96,12 @@ def jumps_for(request: EditRequest) -> tuple[int, int]:
     return (int(request.jump_length or DEFAULT_JUMPS[0]), int(request.jump_n_sample or DEFAULT_JUMPS[1]))
 
 
-def run_grouped(jobs: list[Job], run, results: list) -> None:
-    """Group jobs by key, call `run(group) -> list[EditResult]`, scatter results (errors per group)."""
-    groups: dict[tuple, list[Job]] = defaultdict(list)
-    for job in jobs:
-        groups[job.key()].append(job)
-    for group in groups.values():
-        try:
-            for job, result in zip(group, run(group), strict=True):
-                results[job.index] = result
-        except Exception as exc:
-            for job in group:
-                results[job.index] = exc
-
-
 def generators(jobs: list[Job]) -> list[torch.Generator]:
     """One fresh CPU generator per row, seeded from the row's seed."""
     return [torch.Generator(device="cpu").manual_seed(int(j.request.seed) % (2**63)) for j in jobs]
 
 
-class SDEngine(Engine):
+class SDEngine(JobEngine):
     """Stable Diffusion / SDXL, inpainting (9-channel) or plain (4-channel) checkpoints."""
 
     name = "sd"
@@ -182,17 +167,6 @@ class SDEngine(Engine):
         return f"{'sdxl' if self.xl else 'sd'}-{'inpaint' if self.in_channels == 9 else 'base'}"
 
     # -------------------------------------------------------------------------------------
-
-    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
-        results: list[Any] = [None] * len(requests)
-        jobs = []
-        for i, request in enumerate(requests):
-            try:
-                jobs.append(self._prepare(i, request))
-            except Exception as exc:
-                results[i] = exc
-        run_grouped(jobs, self._run, results)
-        return [r if r is not None else EngineError("no result") for r in results]
 
     def _prepare(self, index: int, request: EditRequest) -> Job:
         check_request(request, TASKS, self.name)

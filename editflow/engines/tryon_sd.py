@@ -53,11 +53,11 @@ import torch
 import torch.nn.functional as F
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, Engine, EngineError
+from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.engines.crop import CropPlan, plan_crop
 from editflow.engines.ipadapter import EmbeddingCache, IPAdapterSDEngine, RefJob, pad_to_square
 from editflow.engines.latent import LatentUNetDenoiser, chunks
-from editflow.engines.sd import check_request, generators, run_grouped
+from editflow.engines.sd import check_request, generators
 from editflow.models import (
     DEFAULT_MODELS, ModelNotAvailableError, RuntimeOptions, apply_switches, load_sd_pipeline, select_device,
     select_dtype,
@@ -310,7 +310,7 @@ class ConcatJob:
                 self.attention, self.extra.get("cross"))
 
 
-class ConcatTryOnEngine(Engine):
+class ConcatTryOnEngine(JobEngine):
     """CatVTON-style try-on: person and garment latents side by side in one inpainting UNet."""
 
     name = "concat"
@@ -386,17 +386,6 @@ class ConcatTryOnEngine(Engine):
         self._cross_mode = mode
 
     # -- batch -----------------------------------------------------------------------------
-
-    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
-        results: list[Any] = [None] * len(requests)
-        jobs = []
-        for i, request in enumerate(requests):
-            try:
-                jobs.append(self._prepare(i, request))
-            except Exception as exc:
-                results[i] = exc
-        run_grouped(jobs, self._run, results)  # type: ignore[arg-type]
-        return [r if r is not None else EngineError("no result") for r in results]
 
     def _prepare(self, index: int, request: EditRequest) -> ConcatJob:
         check_tryon(request, self.name)

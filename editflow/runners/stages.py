@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 import socket
 import time
 from collections import defaultdict
@@ -81,7 +82,7 @@ def _parsed(row: Row) -> EditRow:
     return parse_row(row["manifest"])
 
 
-class Stage:
+class Stage(ABC):
     """Per-row error isolation around `process_row`; subclasses may override `process`."""
 
     name = "stage"
@@ -102,8 +103,9 @@ class Stage:
             except Exception as exc:  # one bad row never stops the others
                 mark_error(row, self.name, exc)
 
+    @abstractmethod
     def process_row(self, row: Row) -> None:
-        raise NotImplementedError
+        """Fill in this stage's columns of one row, or raise: the row becomes an error row."""
 
 
 class PrepareStage(Stage):
@@ -224,6 +226,9 @@ class EditStage(Stage):
             size = max(1, self.config.batch_size)
             for start in range(0, len(group), size):
                 self._run(engine, name, group[start:start + size])
+
+    def process_row(self, row: Row) -> None:
+        self.process([row])
 
     def _run(self, engine: Engine, name: str, rows: list[Row]) -> None:
         started = time.perf_counter()
