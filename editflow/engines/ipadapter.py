@@ -43,7 +43,7 @@ import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError
-from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks
+from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.sd import Job, SDEngine, generators
 from editflow.models import (
     ModelNotAvailableError, hub_cache_dir, is_offline, parse_model_spec,
@@ -440,18 +440,29 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
             cond["image_embeds"] = [img.unsqueeze(1).to(device=device, dtype=dtype)]  # one image per row
             out = self.unet(x.to(device=device, dtype=dtype), ts.to(device),
                             encoder_hidden_states=emb.to(device=device, dtype=dtype), added_cond_kwargs=cond).sample.float()
-            if cfg:
-                uncond, cond_out = out.chunk(2)
-                out = uncond + c.guidance_scale * (cond_out - uncond)
-            if self.model_prediction == "v_prediction":
-                a = alpha_bar_t[sl].view(-1, 1, 1, 1).to(out)
-                out = a.sqrt() * out + (1 - a).sqrt() * x_t[sl].to(out)
-            outs.append(out)
+            outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
         return torch.cat(outs).to(x_t.device)
 
 
 # ---------------------------------------------------------------------------------------------
 # The shared engine base
+
+
+def sampler_settings(request: EditRequest, default_guidance: float, default_steps: int,
+                     default_strength: float = 1.0) -> dict[str, Any]:
+    """The sampler settings a row asks for (engine defaults filled in), checked before any work."""
+    from editflow.diffusion.sampler import SamplerConfig
+
+    p = request.params or {}
+    strength = float(request.strength if request.strength is not None else default_strength)
+    steps = int(request.steps or default_steps)
+    jumps = (int(request.jump_length or 1), int(request.jump_n_sample or 1))
+    scheduler = str(p.get("scheduler", "ddim")).lower()
+    eta = float(p.get("eta", 0.0))
+    SamplerConfig(steps=steps, strength=strength, scheduler=scheduler, eta=eta, jump_length=jumps[0],
+                  jump_n_sample=jumps[1]).validate()
+    guidance = float(request.guidance_scale if request.guidance_scale is not None else default_guidance)
+    return dict(steps=steps, strength=strength, guidance=guidance, jumps=jumps, scheduler=scheduler, eta=eta)
 
 
 @dataclass

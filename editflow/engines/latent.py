@@ -129,14 +129,21 @@ class LatentUNetDenoiser:
             if added is not None:
                 kwargs["added_cond_kwargs"] = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
             out = self.unet(x.to(device=device, dtype=dtype), ts.to(device), **kwargs).sample.float()
-            if cfg:
-                uncond, cond = out.chunk(2)
-                out = uncond + c.guidance_scale * (cond - uncond)
-            if self.model_prediction == "v_prediction":
-                a = alpha_bar_t[sl].view(-1, 1, 1, 1).to(out)
-                out = a.sqrt() * out + (1 - a).sqrt() * x_t[sl].to(out)
-            outs.append(out)
+            outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
         return torch.cat(outs).to(x_t.device)
+
+
+def guided_epsilon(out: torch.Tensor, cfg: bool, guidance_scale: float, prediction: str,
+                   alpha_bar: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    """UNet output -> the noise estimate: classifier-free guidance over a [uncond, cond] batch,
+    then v-prediction converted to epsilon (eps = sqrt(abar) v + sqrt(1 - abar) x_t)."""
+    if cfg:
+        uncond, cond = out.chunk(2)
+        out = uncond + guidance_scale * (cond - uncond)
+    if prediction == "v_prediction":
+        a = alpha_bar.view(-1, 1, 1, 1).to(out)
+        out = a.sqrt() * out + (1 - a).sqrt() * x_t.to(out)
+    return out
 
 
 class PixelUNetDenoiser:

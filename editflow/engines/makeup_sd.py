@@ -34,7 +34,7 @@ import numpy as np
 
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.crop import plan_crop
-from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, pad_to_square
+from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, pad_to_square, sampler_settings
 from editflow.engines.sd import check_request
 
 __all__ = ["SDMakeupEngine", "face_crop", "DEFAULT_PROMPT"]
@@ -143,19 +143,10 @@ class SDMakeupEngine(IPAdapterSDEngine):
         start, crop, crop_key = self.start(request)
         plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
                          float(p.get("context", 0.5)))
-        strength = float(request.strength if request.strength is not None else DEFAULT_STRENGTH)
-        steps = int(request.steps or DEFAULT_STEPS)
-        jumps = (int(request.jump_length or 1), int(request.jump_n_sample or 1))
-        scheduler = str(p.get("scheduler", "ddim")).lower()
-        eta = float(p.get("eta", 0.0))
-        from editflow.diffusion.sampler import SamplerConfig
-
-        SamplerConfig(steps=steps, strength=strength, scheduler=scheduler, eta=eta, jump_length=jumps[0],
-                      jump_n_sample=jumps[1]).validate()
-        guidance = float(request.guidance_scale if request.guidance_scale is not None else DEFAULT_GUIDANCE)
+        s = sampler_settings(request, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH)
         request = dataclasses.replace(request, prompt=request.prompt or DEFAULT_PROMPT)
         return RefJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), "sampler",
-                      steps, strength, guidance, jumps, scheduler, eta, {},
+                      s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},
                       spec=spec, reference=crop, reference_key=crop_key, init=plan.image(start))
 
     def _result(self, job: Any, image: np.ndarray, nfe: int, scheduler: str) -> EditResult:

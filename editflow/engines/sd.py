@@ -101,6 +101,14 @@ def generators(jobs: list[Job]) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed(int(j.request.seed) % (2**63)) for j in jobs]
 
 
+def open_sd_model(engine: Engine, model: str, options: dict[str, Any]) -> Any:
+    """Load `model` for an SD-based engine: sets its runtime switches, dtype, source and revision."""
+    engine.runtime = RuntimeOptions.from_options(options)
+    engine.dtype = select_dtype(engine.device, engine.runtime.dtype)
+    pipe, engine.source, engine.revision = load_sd_pipeline(model, engine.dtype)
+    return pipe
+
+
 class SDEngine(JobEngine):
     """Stable Diffusion / SDXL, inpainting (9-channel) or plain (4-channel) checkpoints."""
 
@@ -110,10 +118,7 @@ class SDEngine(JobEngine):
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         model = model or DEFAULT_MODELS["sd"]
         super().__init__(model=model, device=select_device(device), **options)
-        self.runtime = RuntimeOptions.from_options(options)
-        self.dtype = select_dtype(self.device, self.runtime.dtype)
-        pipe, self.source, self.revision = load_sd_pipeline(model, self.dtype)
-        self._setup(pipe)
+        self._setup(open_sd_model(self, model, options))
 
     @classmethod
     def from_pipeline(cls, pipe: Any, device: str | None = None, model: str = "in-memory", **options: Any) -> SDEngine:

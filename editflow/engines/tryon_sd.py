@@ -55,12 +55,11 @@ import torch.nn.functional as F
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.engines.crop import CropPlan, plan_crop
-from editflow.engines.ipadapter import EmbeddingCache, IPAdapterSDEngine, RefJob, pad_to_square
-from editflow.engines.latent import LatentUNetDenoiser, chunks
-from editflow.engines.sd import check_request, generators
+from editflow.engines.ipadapter import EmbeddingCache, IPAdapterSDEngine, RefJob, pad_to_square, sampler_settings
+from editflow.engines.latent import LatentUNetDenoiser, chunks, guided_epsilon
+from editflow.engines.sd import check_request, generators, open_sd_model
 from editflow.models import (
-    DEFAULT_MODELS, ModelNotAvailableError, RuntimeOptions, apply_switches, load_sd_pipeline, select_device,
-    select_dtype,
+    DEFAULT_MODELS, ModelNotAvailableError, apply_switches, select_device,
 )
 
 __all__ = [
@@ -96,19 +95,6 @@ def check_tryon(request: EditRequest, engine: str) -> str:
     return category
 
 
-def _sampler_settings(request: EditRequest, default_guidance: float) -> dict[str, Any]:
-    p = request.params or {}
-    strength = float(request.strength if request.strength is not None else 1.0)
-    steps = int(request.steps or DEFAULT_STEPS)
-    jumps = (int(request.jump_length or 1), int(request.jump_n_sample or 1))
-    scheduler = str(p.get("scheduler", "ddim")).lower()
-    eta = float(p.get("eta", 0.0))
-    SamplerConfig(steps=steps, strength=strength, scheduler=scheduler, eta=eta, jump_length=jumps[0],
-                  jump_n_sample=jumps[1]).validate()
-    guidance = float(request.guidance_scale if request.guidance_scale is not None else default_guidance)
-    return dict(steps=steps, strength=strength, guidance=guidance, jumps=jumps, scheduler=scheduler, eta=eta)
-
-
 # ---------------------------------------------------------------------------------------------
 # sd-ipadapter
 
@@ -125,7 +111,7 @@ class SDIPAdapterTryOnEngine(IPAdapterSDEngine):
         spec = self.spec_for(request)
         plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
                          float(p.get("context", 0.5)))
-        s = _sampler_settings(request, IPADAPTER_GUIDANCE)
+        s = sampler_settings(request, IPADAPTER_GUIDANCE, DEFAULT_STEPS)
         request = dataclasses.replace(request, prompt=request.prompt or default_prompt(category))
         return RefJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), "sampler",
                       s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},
@@ -281,13 +267,7 @@ class ConcatDenoiser(LatentUNetDenoiser):
                 ts = torch.cat([ts, ts])
             states = torch.zeros(inp.shape[0], 1, self.cross_attention_dim, device=device, dtype=dtype)
             out = self.unet(inp.to(device=device, dtype=dtype), ts.to(device), encoder_hidden_states=states).sample.float()
-            if cfg:
-                uncond, cond = out.chunk(2)
-                out = uncond + c.guidance_scale * (cond - uncond)
-            if self.model_prediction == "v_prediction":
-                a = alpha_bar_t[sl].view(-1, 1, 1, 1).to(out)
-                out = a.sqrt() * out + (1 - a).sqrt() * x_t[sl].to(out)
-            outs.append(out)
+            outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
         return torch.cat(outs).to(x_t.device)
 
 
@@ -319,9 +299,7 @@ class ConcatTryOnEngine(JobEngine):
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         model = model or DEFAULT_MODELS["sd"]
         super().__init__(model=model, device=select_device(device), **options)
-        self.runtime = RuntimeOptions.from_options(options)
-        self.dtype = select_dtype(self.device, self.runtime.dtype)
-        pipe, self.source, self.revision = load_sd_pipeline(model, self.dtype)
+        pipe = open_sd_model(self, model, options)
         unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
         if unet is None or vae is None:
             raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
@@ -395,7 +373,7 @@ class ConcatTryOnEngine(JobEngine):
             raise EngineError(f"params.cross_attention must be skip or zeros, got {cross!r}")
         plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
                          float(p.get("context", 0.5)))
-        settings = _sampler_settings(request, CONCAT_GUIDANCE)
+        settings = sampler_settings(request, CONCAT_GUIDANCE, DEFAULT_STEPS)
         fill = int(p.get("garment_fill", 255))
         job = ConcatJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), settings,
                         self._attention_spec(request), fill)
