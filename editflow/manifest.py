@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from editflow.masks.spec import MaskSpec, MaskSpecError, parse_mask_spec
+from editflow.errors import EditflowError
 
 TASKS = ("inpaint", "sdedit", "repaint", "tryon", "makeup")
 CATEGORIES = ("upper", "lower", "dress")
@@ -39,11 +40,11 @@ RAW_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in COLUMNS])
 MAX_SEED = 2**63 - 1
 
 
-class ManifestError(Exception):
+class ManifestError(EditflowError):
     """The manifest as a whole cannot be used; nothing has run."""
 
 
-class RowError(ValueError):
+class RowError(EditflowError, ValueError):
     """One row is invalid; it becomes an error result row."""
 
 

@@ -28,6 +28,8 @@ from urllib.request import url2pathname
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from editflow.errors import EditflowError
+
 __all__ = [
     "DecodedImage", "MediaError", "MediaPolicy", "atomic_write_bytes", "decode_image",
     "encode_image", "load_image", "load_mask_file", "read_bytes", "resolve_uri",
@@ -42,7 +44,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _MAX_REDIRECTS = 5
 
 
-class MediaError(ValueError):
+class MediaError(EditflowError, ValueError):
     """A bad input image/URI/path; the message says what is wrong and how to fix it."""
 
 

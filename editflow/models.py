@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from editflow.errors import EditflowError
+
 __all__ = [
     "ModelNotAvailableError",
     "ModelSource",
@@ -57,7 +59,7 @@ __all__ = [
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(EditflowError, RuntimeError):
     """The weights a row needs are not on this machine (and cannot or may not be fetched)."""
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from editflow.errors import EditflowError
+
 
 @dataclass
 class EditRequest:
@@ -82,7 +84,7 @@ class Engine(ABC):
         """Edit every request; a failure of one request is returned as its exception."""
 
 
-class EngineError(ValueError):
+class EngineError(EditflowError, ValueError):
     """A request the engine cannot run (wrong task, missing reference, bad params)."""
 
 

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from editflow.masks.face import MaskModelError, import_mediapipe, start_solution
+from editflow.errors import EditflowError
 
 GARMENT_CATEGORIES = ("upper", "lower", "dress")
 
@@ -37,7 +38,7 @@ L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = 23, 24, 25, 26, 27, 28
 L_FOOT, R_FOOT = (27, 29, 31), (28, 30, 32)
 
 
-class NoPersonError(RuntimeError):
+class NoPersonError(EditflowError, RuntimeError):
     """The image has no detectable person (or not the body part a garment mask needs)."""
 
 

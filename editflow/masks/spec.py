@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from editflow.errors import EditflowError
+
 URI_SCHEMES = ("file", "s3", "gs", "http", "https")
 FACE_PARTS = ("lips", "eyes", "eyeshadow", "brows", "skin", "face")
 GARMENT_CATEGORIES = ("upper", "lower", "dress")
@@ -17,7 +19,7 @@ GARMENT_CATEGORIES = ("upper", "lower", "dress")
 AUTO_KINDS = ("sam", "face", "garment", "person")
 
 
-class MaskSpecError(ValueError):
+class MaskSpecError(EditflowError, ValueError):
     """The spec text cannot be parsed."""
 
 

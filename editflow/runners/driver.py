@@ -15,11 +15,12 @@ from editflow.config import RunConfig
 from editflow.manifest import Manifest
 from editflow.results import prepare_resume, results_dir, scan_results, summarize
 from editflow.runners.local import run_local, stderr_progress
+from editflow.errors import EditflowError
 
 EXECUTORS = ("ray", "local")
 
 
-class RunError(Exception):
+class RunError(EditflowError):
     """The run cannot start (for example OUT holds another run's results without --resume)."""
 
 
