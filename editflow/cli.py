@@ -152,7 +152,12 @@ def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> R
 def cmd_run(args: argparse.Namespace) -> int:
     from editflow.runners.driver import RunError, run_manifest
 
-    manifest = read_manifest(args.manifest)
+    if args.executor == "ray":  # Ray reads the rows on its workers; here only the ids are checked
+        from editflow.manifest_index import index_manifest
+
+        manifest = index_manifest(args.manifest)
+    else:
+        manifest = read_manifest(args.manifest)
     config = _config(args, args.out, manifest.base_dir, batch_size=args.batch_size)
     try:
         summary = run_manifest(manifest, config, executor=args.executor, resume=args.resume,

@@ -31,7 +31,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from editflow.errors import EditflowError
 
 __all__ = [
-    "DecodedImage", "MediaError", "MediaPolicy", "atomic_write_bytes", "decode_image",
+    "DecodedImage", "MediaError", "MediaPolicy", "atomic_write_bytes", "decode_image", "fsync_paths",
     "encode_image", "load_image", "load_mask_file", "read_bytes", "resolve_uri",
     "safe_join", "safe_output_name", "sha256_hex",
 ]
@@ -508,9 +508,10 @@ def encode_image(array: np.ndarray, fmt: str = "png", *, metadata: dict[str, str
     return buf.getvalue()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, flush + fsync,
-    ``os.replace``; the temp file is removed if anything fails."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, flush (+ fsync when
+    ``durable``), ``os.replace``; the temp file is removed if anything fails. Writers of many
+    files pass ``durable=False`` and call ``fsync_paths`` once per batch."""
     dst = pathlib.Path(path)
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
@@ -518,20 +519,46 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    try:  # best effort: persist the rename itself
-        dir_fd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    if durable:
+        _fsync_dir(dst.parent)
+
+
+def _fsync_one(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: str | os.PathLike) -> None:
+    try:  # best effort: persist renames in the folder
+        _fsync_one(folder)
     except OSError:
         pass
+
+
+def fsync_paths(paths: list[str | os.PathLike]) -> None:
+    """Make a batch of written files and their folders durable with one round of fsyncs.
+
+    The fsyncs run concurrently so the filesystem journal commits them together (one commit
+    per batch instead of one per file)."""
+    if not paths:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    folders = {str(pathlib.Path(p).parent) for p in paths}
+    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+        list(pool.map(_fsync_one, paths))
+    for folder in folders:
+        _fsync_dir(folder)
 
 
 def safe_output_name(row_id: str, suffix: str) -> str:

@@ -18,6 +18,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from editflow.media import fsync_paths
+
 RESULT_SCHEMA = pa.schema(
     [
         ("id", pa.string()), ("task", pa.string()), ("status", pa.string()),
@@ -64,6 +66,7 @@ def write_result_file(out_dir: str | os.PathLike, rows: list[dict[str, Any]], ru
     tmp = directory / f".{path.name}.tmp"
     try:
         pq.write_table(to_result_table(rows), tmp)
+        fsync_paths([tmp])  # one fsync per result file: its rows are the run's commit point
         os.replace(tmp, path)
     finally:
         if tmp.exists():

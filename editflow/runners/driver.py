@@ -12,9 +12,10 @@ import pyarrow.compute as pc
 
 from editflow import __version__
 from editflow.config import RunConfig
-from editflow.manifest import Manifest
+from editflow.manifest import Manifest, read_manifest
+from editflow.manifest_index import ManifestIndex
 from editflow.results import prepare_resume, results_dir, scan_results, summarize
-from editflow.runners.local import run_local, stderr_progress
+from editflow.runners.local import ProgressCallback, run_local, stderr_progress
 from editflow.errors import EditflowError
 
 EXECUTORS = ("ray", "local")
@@ -25,15 +26,20 @@ class RunError(EditflowError):
 
 
 def run_manifest(
-    manifest: Manifest,
+    manifest: Manifest | ManifestIndex,
     config: RunConfig,
     executor: str = "ray",
     resume: bool = False,
     workers: int | None = None,
     rows_per_block: int = 8,
-    progress: bool = True,
+    progress: bool | ProgressCallback = True,
 ) -> dict[str, Any]:
-    """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json)."""
+    """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json).
+
+    A `ManifestIndex` (ids only) lets Ray read the rows on its workers; the local executor reads
+    the rows here. `progress` is True (lines on stderr), False, or a
+    `progress(rows_done, rows_total, ok, errors)` callback.
+    """
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     out = Path(config.out_dir)
@@ -44,18 +50,26 @@ def run_manifest(
         if scan_results(out).files or any(results_dir(out).glob("*.parquet")):
             raise RunError(f"{out} already holds results; pass --resume to continue that run, or choose a new folder")
         done = set()
-    table = manifest.table
-    if done:
-        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(done), pa.string()))))
+    done_ids = done if isinstance(done, (pa.Array, pa.ChunkedArray)) else pa.array(sorted(done), pa.string())
+    ids = manifest.ids if isinstance(manifest, ManifestIndex) else manifest.table.column("id")
+    already = (pc.sum(pc.is_in(ids, value_set=done_ids)).as_py() or 0) if len(done_ids) else 0
+    to_run = len(ids) - already
+    callback = stderr_progress("editflow") if progress is True else (progress or None)
     started = time.perf_counter()
     extra: dict[str, Any] = {}
-    if table.num_rows:
+    if to_run:
         if executor == "local":
-            run_local(table.to_pylist(), config, progress=stderr_progress("editflow") if progress else None)
+            table = manifest.table if isinstance(manifest, Manifest) else read_manifest(manifest.path).table
+            if len(done_ids):
+                table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done_ids)))
+            run_local(table, config, progress=callback)
         else:
             from editflow.runners.ray import RayOptions, run_ray
 
-            extra = run_ray(table, config, RayOptions(workers=workers, rows_per_block=rows_per_block, progress=progress))
+            source = manifest if isinstance(manifest, ManifestIndex) else manifest.table
+            extra = run_ray(source, config, RayOptions(workers=workers, rows_per_block=rows_per_block,
+                                                       progress=False), rows_total=to_run, done_ids=done_ids,
+                           progress=callback)
     wall = time.perf_counter() - started
     run_info = {
         "run_id": config.run_id,
@@ -64,12 +78,11 @@ def run_manifest(
         "executor": executor,
         "engine": config.engine,
         "editflow_version": __version__,
-        "resumed_ok_rows": len(done),
-        "rows_this_run": table.num_rows,
+        "resumed_ok_rows": already,
+        "rows_this_run": to_run,
         "wall_s": round(wall, 3),
-        "rows_per_s": round(table.num_rows / wall, 3) if wall > 0 and table.num_rows else None,
+        "rows_per_s": round(to_run / wall, 3) if wall > 0 and to_run else None,
         "config": {k: v for k, v in asdict(config).items() if k not in ("out_dir", "base_dir")},
         **extra,
     }
-    ids = manifest.table.column("id").to_pylist()
-    return summarize(out, ids, run_info)
+    return summarize(out, ids.to_pylist(), run_info)

@@ -16,6 +16,7 @@ import socket
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from editflow.masks import ops
 from editflow.masks.render import render_geometric
 from editflow.masks.spec import AUTO_KINDS, MaskSpec, parse_mask_spec
 from editflow.media import (
-    atomic_write_bytes, decode_image, encode_image, load_mask_file, read_bytes, resolve_uri,
+    atomic_write_bytes, decode_image, encode_image, fsync_paths, load_mask_file, read_bytes, resolve_uri,
     safe_join, safe_output_name, sha256_hex,
 )
 
@@ -41,6 +42,12 @@ MAX_ERROR_CHARS = 1000
 
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@lru_cache(maxsize=None)
+def worker_name(pid: int) -> str:
+    """host:pid of this process, computed once per process (keyed by pid so a fork recomputes it)."""
+    return f"{socket.gethostname()}:{pid}"
 
 
 def new_row(raw: dict[str, Any], run_id: str) -> Row:
@@ -59,7 +66,7 @@ def new_row(raw: dict[str, Any], run_id: str) -> Row:
         "run_id": run_id,
         "attempt": 1,
         "editflow_version": __version__,
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "worker": worker_name(os.getpid()),
         "started_at": now_utc(),
     }
 
@@ -273,7 +280,11 @@ class EditStage(Stage):
 
 
 class WriteStage(Stage):
-    """Encode and atomically write the output image and its mask inside OUT; finish the row."""
+    """Encode and atomically write the output image and its mask inside OUT; finish the row.
+
+    Files of a batch are made durable together (one round of fsyncs per batch), before any
+    result row names them.
+    """
 
     name = "write"
 
@@ -283,26 +294,38 @@ class WriteStage(Stage):
         (self.out / "images").mkdir(parents=True, exist_ok=True)
         if config.write_masks:
             (self.out / "masks").mkdir(parents=True, exist_ok=True)
+        self._written: list[Path] = []
 
     def __call__(self, rows: list[Row]) -> list[Row]:
+        self._written = []
         rows = super().__call__(rows)
+        try:
+            fsync_paths(self._written)
+        except OSError as exc:  # a file that cannot be made durable is not reported as done
+            for row in rows:
+                if row["status"] == "ok":
+                    mark_error(row, self.name, exc)
         for row in rows:  # nothing in flight leaves the pipeline
             for key in PAYLOAD_KEYS:
                 row.pop(key, None)
         return rows
+
+    def _write(self, folder: str, name: str, data: bytes) -> None:
+        path = safe_join(self.out / folder, name)
+        atomic_write_bytes(path, data, durable=False)
+        self._written.append(path)
 
     def process_row(self, row: Row) -> None:
         started = time.perf_counter()
         fmt = self.config.output_format
         name = safe_output_name(row["id"], "." + ("jpg" if fmt == "jpeg" else fmt))
         data = encode_image(row["_output"], fmt, metadata={"editflow": json.dumps(_parameters(row), sort_keys=True)})
-        atomic_write_bytes(safe_join(self.out / "images", name), data)
+        self._write("images", name, data)
         row["output"] = f"images/{name}"
         row["output_sha256"] = sha256_hex(data)
         if self.config.write_masks:
             mask_name = safe_output_name(row["id"], ".png")
-            mask_bytes = encode_image(np.rint(row["_mask"] * 255).astype(np.uint8), "png")
-            atomic_write_bytes(safe_join(self.out / "masks", mask_name), mask_bytes)
+            self._write("masks", mask_name, encode_image(np.rint(row["_mask"] * 255).astype(np.uint8), "png"))
             row["mask_output"] = f"masks/{mask_name}"
         row["t_write_s"] = time.perf_counter() - started
         row["finished_at"] = now_utc()
@@ -338,7 +361,9 @@ def _pin_cpu_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+@lru_cache(maxsize=None)
 def _version(package: str) -> str | None:
+    """An installed package's version, looked up once per process (importlib.metadata scans sys.path)."""
     try:
         from importlib.metadata import version
 

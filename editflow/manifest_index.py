@@ -1,0 +1,129 @@
+"""The whole-manifest checks without the whole manifest: column names and the id column only.
+
+A streaming run (Ray reads the rows on its workers) still refuses a manifest with a missing
+required column, an empty id or a duplicate id before any work starts. Only the ids are held,
+as one Arrow string array, so the driver's memory grows with the ids, never with the rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from editflow.manifest import COLUMNS, ManifestError, _cell_to_str, check_ids, check_required_columns, raw_column
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+           ".json": "jsonl"}
+
+
+@dataclass
+class ManifestIndex:
+    """Where a manifest is, its format and columns, and its ids (checked: non-empty, unique)."""
+
+    path: str  # an absolute local path or a URI
+    base_dir: str
+    format: str  # parquet | csv | jsonl
+    ids: pa.ChunkedArray
+    columns: list[str] = field(default_factory=list)
+    extra_columns: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path, file:// or any URI pyarrow resolves."""
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def index_manifest(path: str | os.PathLike) -> ManifestIndex:
+    """Read a manifest's column names and id column, and check the manifest-level rules."""
+    text = str(path)
+    suffix = os.path.splitext(text)[1].lower()
+    if suffix not in FORMATS:
+        raise ManifestError(f"unknown manifest format {suffix!r} for {text}: use .parquet, .csv or .jsonl")
+    fmt = FORMATS[suffix]
+    try:
+        fs, inner = resolve_filesystem(text)
+        info = fs.get_file_info(inner)
+    except (pa.ArrowInvalid, OSError, ValueError) as exc:
+        raise ManifestError(f"cannot open manifest {text}: {exc}") from exc
+    if info.type == pafs.FileType.NotFound:
+        raise ManifestError(f"manifest not found: {text}")
+    if info.type == pafs.FileType.Directory:
+        raise ManifestError(f"manifest is a directory, expected a .parquet, .csv or .jsonl file: {text}")
+    try:
+        columns, ids = _READERS[fmt](fs, inner)
+    except ManifestError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise ManifestError(f"cannot read manifest {text}: {exc}") from exc
+    check_required_columns(columns, text)
+    ids = pa.chunked_array([raw_column(chunk) for chunk in ids.chunks], pa.string()) if ids.num_chunks else \
+        pa.chunked_array([], pa.string())
+    check_ids(ids, text)
+    absolute = text if "://" in text else os.path.abspath(text)
+    base = posixpath.dirname(absolute) if "://" in text else os.path.dirname(absolute)
+    return ManifestIndex(path=absolute, base_dir=base, format=fmt, ids=ids, columns=columns,
+                         extra_columns=[c for c in columns if c not in COLUMNS])
+
+
+def _parquet_ids(fs: pafs.FileSystem, inner: str) -> tuple[list[str], pa.ChunkedArray]:
+    with fs.open_input_file(inner) as f:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        if "id" not in names:
+            return names, pa.chunked_array([], pa.string())
+        return names, parquet.read(columns=["id"]).column("id")
+
+
+def _csv_ids(fs: pafs.FileSystem, inner: str) -> tuple[list[str], pa.ChunkedArray]:
+    with fs.open_input_stream(inner) as f:
+        first = f.read(1 << 16).decode("utf-8", errors="replace").splitlines()
+    header = next(csv.reader(io.StringIO(first[0] if first else "")), None)
+    if not header:
+        raise ManifestError(f"manifest {inner} is empty (no header line)")
+    if "id" not in header:
+        return header, pa.chunked_array([], pa.string())
+    with fs.open_input_stream(inner) as f:
+        table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(
+            include_columns=["id"], column_types={"id": pa.string()}, strings_can_be_null=True, null_values=[""]))
+    return header, table.column("id")
+
+
+def _jsonl_ids(fs: pafs.FileSystem, inner: str) -> tuple[list[str], pa.ChunkedArray]:
+    names: dict[str, None] = {}
+    chunks: list[pa.Array] = []
+    ids: list[str | None] = []
+    with fs.open_input_stream(inner) as raw:
+        for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"manifest {inner} line {number} is not valid JSON: {exc.msg}") from exc
+            if not isinstance(value, dict):
+                raise ManifestError(f"manifest {inner} line {number} is not a JSON object")
+            if len(value) != len(names) or not names.keys() >= value.keys():
+                names.update(dict.fromkeys(value))
+            ids.append(_cell_to_str(value.get("id")))
+            if len(ids) >= 65536:  # bounded Python list; the ids live in Arrow
+                chunks.append(pa.array(ids, pa.string()))
+                ids = []
+    chunks.append(pa.array(ids, pa.string()))
+    return list(names), pa.chunked_array(chunks, pa.string())
+
+
+_READERS = {"parquet": _parquet_ids, "csv": _csv_ids, "jsonl": _jsonl_ids}
