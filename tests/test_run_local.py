@@ -169,15 +169,15 @@ def test_interrupted_run_then_resume_gives_each_id_exactly_once(tmp_path, photo_
     assert scan.ok_ids() == {f"r{i}" for i in range(7)} - {"r3"}
 
 
-def test_validate_prints_a_verdict_per_row(tmp_path, mixed_manifest, capsys):
-    assert cli.main(["validate", str(mixed_manifest)]) == 2
+def test_validate_prints_invalid_rows_or_every_row_with_verbose(tmp_path, mixed_manifest, capsys):
+    assert cli.main(["validate", "--verbose", str(mixed_manifest)]) == 2
     text = capsys.readouterr().out
     assert "ok     good-a" in text
     assert "error  missing: image not found" in text
     assert "error  strength: strength must be in (0, 1]" in text
     assert "error  link-local: URL scheme 'http' is not allowed" in text
     assert "8 ok, 5 invalid of 13 rows" in text
-    assert cli.main(["validate", "--check-images", "--quiet", str(mixed_manifest)]) == 2
+    assert cli.main(["validate", "--check-images", str(mixed_manifest)]) == 2  # invalid rows only, by default
     text = capsys.readouterr().out
     assert "error  bomb:" in text and "error  corrupt:" in text and "error  zero-bytes:" in text
     assert "ok     good-a" not in text and "5 ok, 8 invalid of 13 rows" in text
