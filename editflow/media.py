@@ -552,13 +552,22 @@ def fsync_paths(paths: list[str | os.PathLike]) -> None:
     per batch instead of one per file)."""
     if not paths:
         return
-    from concurrent.futures import ThreadPoolExecutor
-
     folders = {str(pathlib.Path(p).parent) for p in paths}
-    with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
-        list(pool.map(_fsync_one, paths))
+    list(_fsync_pool().map(_fsync_one, paths))
     for folder in folders:
         _fsync_dir(folder)
+
+
+_FSYNC_POOL: list = []
+
+
+def _fsync_pool():
+    """One small thread pool per process (threads wait on the disk, not the CPU)."""
+    if not _FSYNC_POOL or _FSYNC_POOL[0][0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+
+        _FSYNC_POOL[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync"))]
+    return _FSYNC_POOL[0][1]
 
 
 def safe_output_name(row_id: str, suffix: str) -> str:
