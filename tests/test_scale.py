@@ -88,7 +88,7 @@ def test_local_run_buffers_result_files_and_feeds_progress(tmp_path):
     raw = read_manifest(manifest).table
     calls = []
     config = RunConfig(out_dir=str(tmp_path / "out"), base_dir=str(manifest.parent))
-    run_local(raw, config, progress=lambda *args: calls.append(args), file_rows=100)
+    run_local(raw, config, chunk_rows=16, progress=lambda *args: calls.append(args), file_rows=100)
     assert sorted(pq.read_metadata(p).num_rows for p in (tmp_path / "out" / "results").glob("*.parquet")) == [6, 112, 112]  # chunks of 16 until 100+
     check_exactly_once(tmp_path / "out", 230, bad_every=10)
     done = [c[0] for c in calls]

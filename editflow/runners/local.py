@@ -41,7 +41,7 @@ def _chunks(raw_rows: pa.Table | list[dict[str, Any]], size: int) -> Iterator[li
 def run_local(
     raw_rows: pa.Table | list[dict[str, Any]],
     config: RunConfig,
-    chunk_rows: int = 16,
+    chunk_rows: int = 64,
     progress: ProgressCallback | None = None,
     file_rows: int = FILE_ROWS,
     file_seconds: float = FILE_SECONDS,

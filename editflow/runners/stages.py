@@ -86,7 +86,11 @@ def mark_error(row: Row, stage: str, exc: BaseException) -> None:
 
 
 def _parsed(row: Row) -> EditRow:
-    return parse_row(row["manifest"])
+    """The row's typed manifest cells, parsed once per row and process (kept under "_edit")."""
+    edit = row.get("_edit")
+    if edit is None:
+        edit = row["_edit"] = parse_row(row["manifest"])
+    return edit
 
 
 class Stage(ABC):
@@ -306,7 +310,7 @@ class WriteStage(Stage):
                 if row["status"] == "ok":
                     mark_error(row, self.name, exc)
         for row in rows:  # nothing in flight leaves the pipeline
-            for key in PAYLOAD_KEYS:
+            for key in (*PAYLOAD_KEYS, "_edit"):
                 row.pop(key, None)
         return rows
 
