@@ -106,8 +106,9 @@ def _scheme(uri: str) -> str:
 
 
 def resolve_uri(uri: str, base_dir: str | os.PathLike | None) -> str:
-    """Resolve a manifest value: relative local paths join ``base_dir`` (the manifest's
-    folder), ``file://`` URIs become local paths, remote URIs are returned unchanged."""
+    """Resolve a manifest value: relative paths join ``base_dir`` (the manifest's folder, a
+    local path or a URI: under a URI they may not climb above its bucket), ``file://`` URIs
+    become local paths, remote URIs are returned unchanged."""
     if not isinstance(uri, str) or not uri.strip():
         raise MediaError(f"empty or non-string image URI: {uri!r}")
     if "\x00" in uri:
@@ -116,6 +117,11 @@ def resolve_uri(uri: str, base_dir: str | os.PathLike | None) -> str:
     if m is None:
         path = pathlib.Path(uri)
         if base_dir is not None and not path.is_absolute():
+            if not storage.is_local(base_dir):
+                try:
+                    return storage.relative_to(base_dir, uri)
+                except storage.StorageError as exc:
+                    raise MediaError(str(exc)) from None
             path = pathlib.Path(base_dir) / path
         return str(path)
     if m.group(1).lower() != "file":
