@@ -21,6 +21,12 @@ from editflow.manifest import TASKS, ManifestError, RowError, parse_row, read_ma
 EXIT_OK, EXIT_FATAL, EXIT_ROW_ERRORS = 0, 1, 2
 
 
+def _quality(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"quality must be a whole number 1-100, got {text!r}")
+    return int(text)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default=DEFAULT_ENGINE, choices=engine_names(),
                         help=f"engine for rows that name none (default: {DEFAULT_ENGINE}, weight-free)")
@@ -29,7 +35,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-threads", type=int, default=None,
                         help="torch threads for CPU edits (default: all cores; the same count gives the same bytes)")
     parser.add_argument("--format", dest="output_format", default="png", choices=OUTPUT_FORMATS,
-                        help="output image format (default png; PNG carries the row's parameters)")
+                        help="output image format (default png, or the -o name's extension for edit)")
+    parser.add_argument("--quality", type=_quality, default=None,
+                        help="JPEG/WebP quality 1-100 (default 95; PNG is lossless)")
     parser.add_argument("--sam-checkpoint", default=os.environ.get("EDITFLOW_SAM_CHECKPOINT"),
                         help="segment-anything checkpoint file or folder for sam: masks (env EDITFLOW_SAM_CHECKPOINT)")
     parser.add_argument("--sam-model-type", default="vit_b", help="vit_b (default), vit_l or vit_h")
@@ -144,7 +152,7 @@ def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> R
         cpu_threads=args.cpu_threads, output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
         sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, sam_refine=args.sam_refine,
-        cache=args.cache,
+        cache=args.cache, **({} if args.quality is None else {"quality": args.quality}),
     )
     return RunConfig(**{**settings, **extra})
 
@@ -177,9 +185,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from editflow.media import atomic_write_bytes
     from editflow.runners.local import build_stages
     from editflow.runners.stages import new_row, run_stages
+    from editflow.config import format_for_path
+    from editflow.media import MediaError
 
     target = Path(args.out)
-    fmt = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(target.suffix.lower(), "png")
+    try:
+        fmt = format_for_path(args.out, args.output_format)
+    except MediaError as exc:
+        print(f"editflow: {exc}", file=sys.stderr)
+        return EXIT_FATAL
     raw = {
         "id": target.stem or "edit", "task": args.task, "image": args.image, "mask": args.mask,
         "prompt": args.prompt, "negative_prompt": args.negative_prompt, "reference": args.reference,
