@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rows per Ray block: the unit of retry and failure (default 8)")
     run.add_argument("--resume", action="store_true", help="skip rows already ok in OUT and re-run the rest")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--report", action="store_true", help="also write the HTML report (OUT/report/index.html)")
     _add_common(run)
 
     edit = sub.add_parser("edit", help="edit one image through the same stages",
@@ -122,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     tryon.add_argument("--prompt", default=None, help="prompt for every row")
     tryon.add_argument("-o", "--out", required=True, help="manifest to write (.parquet, .csv or .jsonl)")
     tryon.set_defaults(func=cmd_manifest_tryon)
+
+    report = sub.add_parser("report", help="write an HTML contact sheet of a run: OUT/report/index.html",
+                            description="Write OUT/report/index.html (and page-2.html, ...): the run's counts, then "
+                                        "one row per result (errors first) with input | mask overlay | output "
+                                        "thumbnails, settings and timings, filterable by status, task and engine. "
+                                        "OUT may be a local folder or an s3:// / gs:// URI.")
+    report.add_argument("out", help="the run's output folder (what run -o wrote)")
+    report.add_argument("--page-size", type=int, default=None, help="rows per page (default 200)")
+    report.add_argument("--workers", type=int, default=4, help="threads making thumbnails (default 4)")
+    report.set_defaults(func=cmd_report)
 
     from editflow import models_cli
     from editflow.masks import preview as masks_preview
@@ -178,7 +189,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     for error_type, count in summary["error_types"].items():
         example = summary["error_examples"].get(error_type, "")
         print(f"  {count} x {error_type}: {example}", file=sys.stderr)
+    if args.report:
+        return max(summary["exit_code"], _write_report(args.out, "  report:  "))
     return summary["exit_code"]
+
+
+def _write_report(out: str, label: str, **options) -> int:
+    from editflow.report import ReportError, build_report
+
+    try:
+        report = build_report(out, **options)
+    except ReportError as exc:
+        print(f"editflow: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(f"{label}{report.index} ({report.rows} rows, {report.pages} page{'s' * (report.pages != 1)}, "
+          f"{report.thumbs_written} new thumbnails)")
+    for location in report.unreadable_files:
+        print(f"editflow: left out an unreadable result file: {location}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    options = {} if args.page_size is None else {"page_size": args.page_size}
+    return _write_report(args.out, "editflow: report ", workers=args.workers, **options)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:

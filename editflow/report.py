@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 
+from editflow.errors import EditflowError
 from editflow.masks.preview import overlay
 from editflow.media import MediaError, MediaPolicy, decode_image, encode_image, load_image
 from editflow.report_page import render_page
@@ -47,6 +48,10 @@ ROW_COLUMNS = (
 )
 _HEX = re.compile(r"[0-9a-f]{64}")
 _BATCH_ROWS = 1024
+
+
+class ReportError(EditflowError, ValueError):
+    """No report can be made (e.g. OUT holds no results); the message says why."""
 
 
 # ---------------------------------------------------------------- storage seam
@@ -287,11 +292,13 @@ def _base_dir(summary: dict[str, Any]) -> str | None:
 def build_report(out: str, *, page_size: int = PAGE_SIZE, thumb_px: int = THUMB_PX, workers: int = 4) -> Report:
     """Write OUT/report/index.html (+ page-N.html, thumbs/) for the results under ``out``."""
     if page_size < 1:
-        raise ValueError(f"page_size must be at least 1, got {page_size}")
+        raise ReportError(f"page_size must be at least 1, got {page_size}")
     out = str(out)
     summary = _summary(out)
     results = _join(out, "results")
     files = [_join(results, name) for name in _list(results, ".parquet")]
+    if not files:
+        raise ReportError(f"no result files in {results}: is {out} the -o folder of an editflow run?")
     selection = select_rows(files)
     pages = max(1, math.ceil(selection.rows / page_size))
     error_pages = math.ceil(selection.status.get("error", 0) / page_size)
