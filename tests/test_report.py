@@ -61,6 +61,7 @@ def small_run(tmp_path: Path, photo_dir: Path, capsys) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(small_run: Path, tmp_path: Path):
     index = small_run / "report" / "index.html"
     text = index.read_text()
