@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from editflow import __version__
+from editflow import __version__, storage
 from editflow.config import OUTPUT_FORMATS, RunConfig
 from editflow.engines import DEFAULT_ENGINE, engine_names
 from editflow.manifest import TASKS, ManifestError, RowError, parse_row, read_manifest
@@ -66,15 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Edit every row of MANIFEST (Parquet, CSV or JSONL). Images go to OUT/images, "
                                      "masks to OUT/masks, one result row per manifest row to OUT/results/*.parquet, "
                                      "and OUT/summary.json closes the run.")
-    run.add_argument("manifest", help="manifest file (.parquet, .csv, .jsonl)")
-    run.add_argument("-o", "--out", required=True, help="output folder")
+    run.add_argument("manifest", help="manifest file (.parquet, .csv, .jsonl): a path or a URI (s3://, gs://, ...)")
+    run.add_argument("-o", "--out", required=True, help="output folder: a path or a URI (s3://bucket/prefix, gs://...)")
     run.add_argument("--executor", default="ray", choices=("ray", "local"),
                      help="ray (default; embedded local cluster unless RAY_ADDRESS is set) or local (in-process)")
     run.add_argument("--workers", type=int, default=None, help="edit actors on Ray (default: one per GPU, or 1)")
     run.add_argument("--batch-size", type=int, default=4, help="rows per engine call (default 4)")
     run.add_argument("--rows-per-block", type=int, default=8,
                      help="rows per Ray block: the unit of retry and failure (default 8)")
-    run.add_argument("--resume", action="store_true", help="skip rows already ok in OUT and re-run the rest")
+    run.add_argument("--resume", action="store_true",
+                     help="skip rows already ok in OUT and re-run the rest; takes over the lease of a run that died")
+    run.add_argument("--force-unlock", action="store_true",
+                     help="take OUT's lease even if another run seems alive (only when you know it is not)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--report", action="store_true", help="also write the HTML report (OUT/report/index.html)")
     _add_common(run)
@@ -175,17 +178,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args, args.out, manifest.base_dir, batch_size=args.batch_size)
     try:
         summary = run_manifest(manifest, config, executor=args.executor, resume=args.resume,
-                               workers=args.workers, rows_per_block=args.rows_per_block, progress=not args.quiet)
+                               workers=args.workers, rows_per_block=args.rows_per_block, progress=not args.quiet,
+                               force_unlock=args.force_unlock)
     except RunError as exc:
         print(f"editflow: {exc}", file=sys.stderr)
         return EXIT_FATAL
     counts = summary["status"]
-    out = Path(args.out)
     print(f"editflow: {summary['rows']} rows: {counts['ok']} ok, {counts['error']} error, "
           f"{summary['missing']} missing ({summary['wall_s']} s, {args.executor})")
-    print(f"  images:  {out / 'images'}")
-    print(f"  results: {out / 'results'}")
-    print(f"  summary: {out / 'summary.json'}")
+    print(f"  images:  {storage.join(args.out, 'images')}")
+    print(f"  results: {storage.join(args.out, 'results')}")
+    print(f"  summary: {storage.join(args.out, 'summary.json')}")
     for error_type, count in summary["error_types"].items():
         example = summary["error_examples"].get(error_type, "")
         print(f"  {count} x {error_type}: {example}", file=sys.stderr)
@@ -270,7 +273,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from editflow.media import MediaError, MediaPolicy, check_uri_allowed, decode_image, read_bytes, resolve_uri
 
     manifest = read_manifest(args.manifest)
-    policy = MediaPolicy(allowed_schemes=frozenset(("file", *args.allow_scheme)),
+    # a manifest read from a URI lets its rows use that scheme (see runners/driver.with_manifest_scheme)
+    policy = MediaPolicy(allowed_schemes=frozenset(("file", *args.allow_scheme, storage.scheme(manifest.base_dir))),
                          allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels)
     bad = 0
     for raw in manifest.rows():

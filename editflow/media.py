@@ -7,7 +7,6 @@ Manifest values are attacker-controllable, so everything here fails closed with 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import io
@@ -19,7 +18,6 @@ import socket
 import ssl
 import stat
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -28,6 +26,7 @@ from urllib.request import url2pathname
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from editflow import storage
 from editflow.errors import EditflowError
 
 __all__ = [
@@ -118,8 +117,9 @@ def _scheme(uri: str) -> str:
 
 
 def resolve_uri(uri: str, base_dir: str | os.PathLike | None) -> str:
-    """Resolve a manifest value: relative local paths join ``base_dir`` (the manifest's
-    folder), ``file://`` URIs become local paths, remote URIs are returned unchanged."""
+    """Resolve a manifest value: relative paths join ``base_dir`` (the manifest's folder, a
+    local path or a URI: under a URI they may not climb above its bucket), ``file://`` URIs
+    become local paths, remote URIs are returned unchanged."""
     if not isinstance(uri, str) or not uri.strip():
         raise MediaError(f"empty or non-string image URI: {uri!r}")
     if "\x00" in uri:
@@ -128,6 +128,11 @@ def resolve_uri(uri: str, base_dir: str | os.PathLike | None) -> str:
     if m is None:
         path = pathlib.Path(uri)
         if base_dir is not None and not path.is_absolute():
+            if not storage.is_local(base_dir):
+                try:
+                    return storage.relative_to(base_dir, uri)
+                except storage.StorageError as exc:
+                    raise MediaError(str(exc)) from None
             path = pathlib.Path(base_dir) / path
         return str(path)
     if m.group(1).lower() != "file":
@@ -147,7 +152,7 @@ def read_bytes(uri: str, policy: MediaPolicy) -> bytes:
         return _read_local(resolve_uri(uri, None), policy)
     if scheme in ("http", "https"):
         return _read_http(uri, policy)
-    return _read_pyarrow(uri, policy)
+    return _read_remote(uri, policy)
 
 
 def check_uri_allowed(uri: str, policy: MediaPolicy) -> None:
@@ -197,28 +202,25 @@ def _read_local(path: str, policy: MediaPolicy) -> bytes:
     return data
 
 
-def _read_pyarrow(uri: str, policy: MediaPolicy) -> bytes:
+def _read_remote(uri: str, policy: MediaPolicy) -> bytes:
+    """Any other scheme (s3://, gs://, ...) through the one filesystem layer, under the byte cap."""
     name = _redact(uri)
     try:
-        from pyarrow import fs as pafs
-
-        filesystem, path = pafs.FileSystem.from_uri(uri)
-        info = filesystem.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
+        size = storage.size(uri)
+        if size is None:
             raise MediaError(f"image not found: {name}")
-        if info.size is not None and info.size > policy.max_bytes:
-            raise _too_big(name, info.size, policy)
-        with filesystem.open_input_stream(path) as f:
-            data = f.read(policy.max_bytes + 1)
+        if size > policy.max_bytes:
+            raise _too_big(name, size, policy)
+        data = storage.read_bytes(uri, max_bytes=policy.max_bytes)
     except MediaError:
         raise
-    except Exception as exc:  # pyarrow raises OSError/ArrowInvalid/... per backend
+    except Exception as exc:  # StorageError, or a backend's own error type
         raise MediaError(f"cannot read {name}: {exc}") from None
     if len(data) > policy.max_bytes:
         raise _too_big(name, None, policy)
     if not data:
         raise MediaError(f"file is empty (0 bytes): {name}")
-    return bytes(data)
+    return data
 
 
 def _address_problem(addr: str) -> str | None:
@@ -545,29 +547,8 @@ def _exif_user_comment(text: str) -> bytes:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, flush + fsync,
-    ``os.replace``; the temp file is removed if anything fails."""
-    dst = pathlib.Path(path)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    try:  # best effort: persist the rename itself
-        dir_fd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """Write ``data`` to ``path`` atomically (any location: see ``editflow.storage.write_bytes``)."""
+    storage.write_bytes(path, data)
 
 
 def safe_output_name(row_id: str, suffix: str) -> str:

@@ -215,24 +215,77 @@ def test_concat_attention_checkpoint_is_applied(tiny_models, attention_ckpt, con
     assert prefixed.image.shape == PERSON.shape
 
 
-def test_concat_indexed_attention_keys(attention_ckpt):
+def test_catvton_stride_8_checkpoint_loads_on_the_tiny_unet(attention_ckpt):
+    """CatVTON's published layout (<i>.<param>, i = 0, 8, 16, ...) lands on the k-th attn1 layer: every key used."""
+    from safetensors.torch import save_file
+
+    from editflow.engines.tryon_sd import attention_parameters, load_attention_weights
+    from tests.tiny_models import catvton_attention_state_dict
+
+    unet = attention_ckpt["unet"]
+    state = catvton_attention_state_dict(unet, stride=8)
+    assert sorted({int(k.split(".")[0]) for k in state}) == [0, 8, 16, 24]  # 4 self-attention layers in the tiny UNet
+    path = attention_ckpt["folder"] / "catvton.safetensors"
+    save_file(state, str(path))
+    before = {k: v.detach().clone() for k, v in attention_parameters(unet).items()}
+    layers = [n for n, _ in unet.named_modules() if n.endswith("attn1")]
+    try:
+        assert load_attention_weights(unet, path) == len(state) == len(before)
+        params = attention_parameters(unet)
+        for k, layer in enumerate(layers):
+            for name in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias"):
+                assert torch.equal(params[f"{layer}.{name}"], state[f"{8 * k}.{name}"])
+    finally:
+        with torch.no_grad():
+            for k, p in attention_parameters(unet).items():
+                p.copy_(before[k])
+
+
+def test_catvton_stride_8_checkpoint_loads_on_an_sd15_sized_unet(tmp_path):
+    """SD 1.5 inpainting architecture (meta device: shapes only): 16 layers, keys 0..120, all 80 consumed."""
     from safetensors.torch import save_file
 
     from editflow.engines.tryon_sd import load_attention_weights
+    from tests.tiny_models import catvton_attention_state_dict, sd15_inpaint_unet_on_meta
 
-    unet = attention_ckpt["unet"]
-    modules = [(n, m) for n, m in unet.named_modules() if "attn1" in n]
-    name, module = modules[0]
-    value = torch.full_like(module.to_q.weight, 0.25)
-    path = attention_ckpt["folder"] / "indexed.safetensors"
-    save_file({"0.to_q.weight": value}, str(path))
-    before = module.to_q.weight.detach().clone()
+    unet = sd15_inpaint_unet_on_meta()
+    state = catvton_attention_state_dict(unet, stride=8, dtype=torch.float16)
+    indices = sorted({int(k.split(".")[0]) for k in state})
+    assert indices == list(range(0, 128, 8)) and len(state) == 80
+    path = tmp_path / "catvton-sd15.safetensors"
+    save_file(state, str(path))
+    del state
     try:
-        assert load_attention_weights(unet, path) == 1
-        assert torch.equal(module.to_q.weight, value)
+        assert load_attention_weights(unet, path) == 80
+        # a key that lands on no parameter, and a file one layer short, are refused by name
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            full = {k: fh.get_tensor(k) for k in fh.keys()}
+        save_file({k: v for k, v in full.items() if int(k.split(".")[0]) < 120}, str(path))
+        with pytest.raises(EngineError, match=r"15 self-attention layers .* the UNet 16"):
+            load_attention_weights(unet, path)
+        save_file({**full, "3.not_a_param.weight": torch.zeros(2)}, str(path))
+        with pytest.raises(EngineError, match=r"3\.not_a_param\.weight"):
+            load_attention_weights(unet, path)
     finally:
-        with torch.no_grad():
-            module.to_q.weight.copy_(before)
+        path.unlink(missing_ok=True)
+
+
+def test_catvton_checkpoint_for_another_width_is_refused(attention_ckpt, tmp_path):
+    from safetensors.torch import save_file
+
+    from editflow.engines.tryon_sd import load_attention_weights
+    from tests.tiny_models import catvton_attention_state_dict, sd15_inpaint_unet_on_meta
+
+    state = catvton_attention_state_dict(attention_ckpt["unet"], stride=8)
+    state["8.to_q.weight"] = torch.zeros(64, 32)  # the tiny UNet's layer 1 is (64, 64)
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(EngineError, match=r"8\.to_q\.weight \(\(64, 32\)"):
+        load_attention_weights(attention_ckpt["unet"], path)
+    with pytest.raises(EngineError, match="4 self-attention layers .* the UNet 16"):  # tiny file on SD 1.5
+        load_attention_weights(sd15_inpaint_unet_on_meta(), path)
 
 
 def test_concat_refuses_foreign_attention_keys(tiny_models, attention_ckpt, concat):

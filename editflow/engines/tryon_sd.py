@@ -41,6 +41,7 @@ category are row errors.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 import re
@@ -133,16 +134,67 @@ def attention_parameters(unet: Any) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in unet.named_parameters() if ".attn1." in name}
 
 
-def _indexed_attention(unet: Any) -> list[tuple[str, torch.nn.Module]]:
-    return [(name, m) for name, m in unet.named_modules() if "attn1" in name]
+def attention_layers(unet: Any) -> list[tuple[str, list[tuple[str, torch.nn.Module]]]]:
+    """Each self-attention layer (module named ``...attn1``) in ``named_modules`` order, with its own
+    submodules in that order (offset 0 is the layer itself)."""
+    layers: list[tuple[str, list[tuple[str, torch.nn.Module]]]] = []
+    for name, module in unet.named_modules():
+        if name.split(".")[-1] == "attn1":
+            layers.append((name, [(f"{name}.{sub}" if sub else name, m) for sub, m in module.named_modules()]))
+    return layers
+
+
+def _indexed_targets(keys: list[str], layers: list[tuple[str, list[tuple[str, torch.nn.Module]]]],
+                     params: dict[str, torch.nn.Parameter]) -> tuple[dict[str, str], list[str]]:
+    """Map ``<i>.<param>`` keys (CatVTON's layout) to diffusers parameter names.
+
+    The checkpoint indexes a list of the modules whose name contains ``attn1``; how many entries one
+    layer takes depends on the code that made it (diffusers: 7; CatVTON, whose attention processors are
+    modules: 8, so its keys run 0.*, 8.*, 16.*). So the stride is not assumed: the k-th distinct index
+    carrying ``to_q.weight`` is the k-th self-attention layer, and a key ``<i+d>.<param>`` after it is
+    that layer's d-th submodule (``named_modules`` order)."""
+    parsed = {}
+    for key in keys:
+        index, _, rest = key.partition(".")
+        parsed[key] = (int(index), rest)
+    anchors = sorted({i for i, rest in parsed.values() if rest == "to_q.weight"})
+    names: dict[str, str] = {}
+    bad: list[str] = []
+    if len(anchors) != len(layers):
+        bad.append(f"the checkpoint has {len(anchors)} self-attention layers (indices carrying to_q.weight: "
+                   f"{_short(anchors)}), the UNet {len(layers)}")
+        return names, bad
+    for key, (index, rest) in parsed.items():
+        k = bisect.bisect_right(anchors, index) - 1
+        if k < 0:
+            bad.append(f"{key} (before the first self-attention layer)")
+            continue
+        layer, submodules = layers[k]
+        offset = index - anchors[k]
+        if offset >= len(submodules):
+            bad.append(f"{key} (index {index} is past layer {k}'s {len(submodules)} modules)")
+            continue
+        prefix = submodules[offset][0]
+        name = f"{prefix}.{rest}"
+        if name not in params:
+            bad.append(f"{key} ({name} is not a parameter of this UNet)")
+            continue
+        names[key] = name
+    return names, bad
+
+
+def _short(values: list[Any], n: int = 6) -> str:
+    return ", ".join(map(str, values[:n])) + (", ..." if len(values) > n else "")
 
 
 def load_attention_weights(unet: Any, path: str | os.PathLike) -> int:
     """Copy a .safetensors state dict of self-attention weights onto `unet`; return the count.
 
-    Every key must name a self-attention parameter of the same shape (diffusers names, optionally
-    prefixed ``unet.``, or ``<i>.<param>`` over the UNet's modules whose name contains ``attn1``);
-    otherwise EngineError lists the keys that did not match and nothing is changed.
+    Keys are diffusers parameter names (optionally prefixed ``unet.``), or CatVTON's published
+    layout ``<i>.<param>`` (see `_indexed_targets`). Every key must land on a self-attention
+    parameter of the same shape and every self-attention parameter must be set; otherwise
+    EngineError lists the keys that did not match and nothing is changed. Shapes are checked from
+    the file's header before any tensor is read.
     """
     path = Path(os.path.expanduser(str(path)))
     if not path.is_file():
@@ -150,41 +202,46 @@ def load_attention_weights(unet: Any, path: str | os.PathLike) -> int:
                                      ".safetensors file of the UNet's self-attention (attn1) parameters")
     if path.suffix.lower() != ".safetensors":
         raise EngineError(f"attention weights must be a .safetensors file, got {path.name}")
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     try:
-        state = load_file(str(path))
+        handle = safe_open(str(path), framework="pt", device="cpu")
     except Exception as exc:
         raise EngineError(f"cannot read attention weights {str(path)!r}: {exc}") from exc
-    if not state:
-        raise EngineError(f"attention weights {str(path)!r} are empty")
-    params = attention_parameters(unet)
-    indexed = _indexed_attention(unet)
-    plan: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
-    bad: list[str] = []
-    for key, value in state.items():
-        name = key[len("unet."):] if key.startswith("unet.") else key
-        target = params.get(name)
-        if target is None:
-            m = re.fullmatch(r"(\d+)\.(.+)", name)
-            if m and int(m.group(1)) < len(indexed):
-                module_name, module = indexed[int(m.group(1))]
-                target = dict(module.named_parameters()).get(m.group(2))
-                name = f"{module_name}.{m.group(2)}"
-        if target is None:
-            bad.append(f"{key} (not a self-attention parameter of this UNet)")
-        elif tuple(target.shape) != tuple(value.shape):
-            bad.append(f"{key} ({tuple(value.shape)}, the UNet's {name} is {tuple(target.shape)})")
-        else:
-            plan.append((target, value))
-    if bad:
-        raise EngineError(f"attention weights {path.name}: {len(bad)} of {len(state)} keys do not match the UNet's "
-                          f"self-attention parameters, e.g. {'; '.join(bad[:4])}. They must come from a checkpoint "
-                          "trained on this base model's attn1 layers")
-    with torch.no_grad():
-        for target, value in plan:
-            target.copy_(value.to(device=target.device, dtype=target.dtype))
-    return len(plan)
+    with handle as fh:
+        keys = list(fh.keys())
+        if not keys:
+            raise EngineError(f"attention weights {str(path)!r} are empty")
+        params = attention_parameters(unet)
+        indexed = [k for k in keys if re.fullmatch(r"\d+\..+", k)]
+        names, bad = _indexed_targets(indexed, attention_layers(unet), params) if indexed else ({}, [])
+        for key in keys:
+            if key in names or key in indexed:
+                continue
+            name = key[len("unet."):] if key.startswith("unet.") else key
+            if name in params:
+                names[key] = name
+            else:
+                bad.append(f"{key} (not a self-attention parameter of this UNet)")
+        for key, name in names.items():
+            shape = tuple(fh.get_slice(key).get_shape())
+            if shape != tuple(params[name].shape):
+                bad.append(f"{key} ({shape}, the UNet's {name} is {tuple(params[name].shape)})")
+        if not bad:
+            unset = sorted(set(params) - set(names.values()))
+            if unset:
+                bad.append(f"the UNet's {len(unset)} self-attention parameters not set by the checkpoint, "
+                           f"e.g. {_short(unset, 3)}")
+        if bad:
+            raise EngineError(f"attention weights {path.name} do not match the UNet's self-attention "
+                              f"({len(bad)} problem(s) with its {len(keys)} keys), e.g. {'; '.join(bad[:4])}. The file must come from a checkpoint trained on this "
+                              "base model's self-attention (attn1) layers: diffusers names or CatVTON's "
+                              "<index>.<param> layout")
+        with torch.no_grad():
+            for key, name in names.items():
+                target = params[name]
+                target.copy_(fh.get_tensor(key).to(device=target.device, dtype=target.dtype))
+    return len(names)
 
 
 class PassThroughAttnProcessor:
