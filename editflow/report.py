@@ -6,9 +6,10 @@ run's counts at the top and filters by status, task and engine (inline CSS and J
 fetched from elsewhere). Thumbnails are small WebP files under OUT/report/thumbs/, named by the
 content they show, so a second report of the same run (or of a resumed one) writes only new ones.
 
-Memory stays bounded by a page: results are read batch by batch with pyarrow, first only the
-columns that pick each id's final row (the same rule as ``editflow.results``), then page by page.
-OUT may be a local folder or an object-store URI (s3://, gs://); see ``_read``/``_write``.
+Memory: the results scan (``editflow.results.scan_results``) reads five narrow columns to pick each
+id's final row and count statuses, tasks and engines; full rows are then read batch by batch with
+pyarrow and held one page at a time. OUT may be a local folder or an object-store URI (s3://,
+gs://): all I/O goes through ``editflow.storage``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import posixpath
 import re
 import threading
 from collections import Counter
@@ -26,21 +26,22 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from editflow import storage
 from editflow.errors import EditflowError
 from editflow.masks.preview import overlay
 from editflow.media import MediaError, MediaPolicy, decode_image, encode_image, load_image
 from editflow.report_page import render_page
+from editflow.results import _FILE, _ROW, results_dir, scan_results
 
 PAGE_SIZE = 200  # rows per HTML page: a 100,000-row run is 500 light pages
 THUMB_PX = 160  # longest side of a thumbnail
 THUMB_QUALITY = 80
 REPORT_DIR = "report"
 THUMBS_DIR = "thumbs"
-PICK_COLUMNS = ("id", "status", "task", "engine", "finished_at")
 ROW_COLUMNS = (
     "id", "task", "status", "error_stage", "error_type", "error_message", "image", "output", "mask_output",
     "mask_spec", "prompt", "engine", "model", "seed", "steps", "strength", "guidance_scale", "nfe", "width",
@@ -54,57 +55,6 @@ class ReportError(EditflowError, ValueError):
     """No report can be made (e.g. OUT holds no results); the message says why."""
 
 
-# ---------------------------------------------------------------- storage seam
-# Local paths and s3:// / gs:// URIs through pyarrow.fs, the same calls editflow/storage.py makes.
-
-
-def _resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in location and not location.startswith("file://"):
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), str(pafs.LocalFileSystem().normalize_path(_local(location)))
-
-
-def _local(location: str) -> str:
-    import os
-
-    return os.path.abspath(location.removeprefix("file://"))
-
-
-def _join(base: str, *names: str) -> str:
-    return "/".join([base.rstrip("/"), *names]) if "://" in base else posixpath.join(_local(base), *names)
-
-
-def _read(location: str) -> bytes:
-    filesystem, path = _resolve(location)
-    with filesystem.open_input_stream(path) as stream:
-        return bytes(stream.read())
-
-
-def _write(location: str, data: bytes) -> None:
-    filesystem, path = _resolve(location)
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        from editflow.media import atomic_write_bytes
-
-        filesystem.create_dir(posixpath.dirname(path), recursive=True)
-        atomic_write_bytes(path, data)
-        return
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(data)
-
-
-def _list(folder: str, suffix: str = "") -> list[str]:
-    """Names of the files directly in ``folder`` ending in ``suffix`` (sorted; [] when absent)."""
-    filesystem, path = _resolve(folder)
-    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File
-                  and i.base_name.endswith(suffix) and not i.base_name.startswith("."))
-
-
-def _open_parquet(location: str) -> pq.ParquetFile:
-    filesystem, path = _resolve(location)
-    return pq.ParquetFile(filesystem.open_input_file(path))
-
-
 # ---------------------------------------------------------------- picking rows
 
 
@@ -112,68 +62,54 @@ def _open_parquet(location: str) -> pq.ParquetFile:
 class Selection:
     """Which row of which result file each id ends as, errors first; and the run's counts."""
 
-    errors: dict[int, np.ndarray] = field(default_factory=dict)  # file index -> sorted row numbers
-    others: dict[int, np.ndarray] = field(default_factory=dict)
-    status: Counter = field(default_factory=Counter)
-    task: Counter = field(default_factory=Counter)
-    engine: Counter = field(default_factory=Counter)
-    unreadable: list[str] = field(default_factory=list)
+    files: list[str]
+    errors: dict[int, np.ndarray]  # file index -> sorted row numbers
+    others: dict[int, np.ndarray]
+    status: Counter
+    task: Counter
+    engine: Counter
+    unreadable: list[str]
 
     @property
     def rows(self) -> int:
         return sum(self.status.values())
 
 
-def _batches(parquet: pq.ParquetFile, wanted: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
-    """Record batches with the ``wanted`` columns (missing ones null, e.g. in older result files)."""
-    present = [c for c in wanted if c in parquet.schema_arrow.names]
-    for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=present):
-        arrays = [batch.column(c) if c in present else pa.nulls(batch.num_rows) for c in wanted]
-        yield pa.RecordBatch.from_arrays(arrays, names=list(wanted))
+def _by_file(table: pa.Table) -> dict[int, np.ndarray]:
+    files = table.column(_FILE).to_numpy()
+    rows = table.column(_ROW).to_numpy()
+    return {int(f): np.sort(rows[files == f]) for f in np.unique(files)}
 
 
-def select_rows(files: list[str]) -> Selection:
-    """Pick each id's final row (ok beats error, then the later finish), reading only five columns."""
-    best: dict[str, tuple[tuple[bool, int], int, int, str, str, str]] = {}
-    selection = Selection()
-    for index, location in enumerate(files):
-        try:
-            parquet = _open_parquet(location)
-        except Exception:  # a truncated file (e.g. a killed writer): set aside, as the runners do
-            selection.unreadable.append(location)
-            continue
-        offset = 0
-        for batch in _batches(parquet, PICK_COLUMNS):
-            finished = batch.column("finished_at").cast(pa.int64()).to_pylist()
-            ids, statuses, tasks, engines = (batch.column(c).to_pylist() for c in ("id", "status", "task", "engine"))
-            for i, (row_id, status) in enumerate(zip(ids, statuses)):
-                key = (status == "ok", finished[i] if finished[i] is not None else -1)
-                current = best.get(row_id)
-                if current is None or key >= current[0]:
-                    best[row_id] = (key, index, offset + i, status, tasks[i] or "", engines[i] or "")
-            offset += batch.num_rows
-    errors: dict[int, list[int]] = {}
-    others: dict[int, list[int]] = {}
-    for _, index, number, status, task, engine in best.values():
-        (errors if status == "error" else others).setdefault(index, []).append(number)
-        selection.status[status] += 1
-        selection.task[task] += 1
-        selection.engine[engine] += 1
-    selection.errors = {i: np.sort(np.asarray(v, np.int64)) for i, v in errors.items()}
-    selection.others = {i: np.sort(np.asarray(v, np.int64)) for i, v in others.items()}
-    return selection
+def _counter(table: pa.Table, column: str) -> Counter:
+    counts = pc.value_counts(pc.fill_null(table.column(column), "")).to_pylist() if table.num_rows else []
+    return Counter({c["values"]: c["counts"] for c in counts})
+
+
+def select_rows(out: str) -> Selection:
+    """Each id's final row (the results scan's rule: ok beats error, then the later finish), split
+    into error rows and the rest, located by file and row number; read from five narrow columns."""
+    scan = scan_results(out, ("task", "engine"))
+    is_error = pc.fill_null(pc.equal(scan.table.column("status"), "error"), False)
+    return Selection(files=scan.files, errors=_by_file(scan.table.filter(is_error)),
+                     others=_by_file(scan.table.filter(pc.invert(is_error))), status=_counter(scan.table, "status"),
+                     task=_counter(scan.table, "task"), engine=_counter(scan.table, "engine"),
+                     unreadable=scan.unreadable)
 
 
 def stream_rows(files: list[str], wanted: dict[int, np.ndarray]) -> Iterator[dict[str, Any]]:
-    """The wanted rows as dicts, file by file, batch by batch."""
+    """The wanted rows as dicts, file by file, batch by batch (columns a file lacks are None)."""
     for index in sorted(wanted):
         numbers = wanted[index]
         offset = 0
-        for batch in _batches(_open_parquet(files[index]), ROW_COLUMNS):
-            lo, hi = np.searchsorted(numbers, [offset, offset + batch.num_rows])
-            if hi > lo:
-                yield from batch.take(pa.array(numbers[lo:hi] - offset)).to_pylist()
-            offset += batch.num_rows
+        with storage.open_input_file(files[index]) as f:
+            parquet = pq.ParquetFile(f)
+            present = [c for c in ROW_COLUMNS if c in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=present):
+                lo, hi = np.searchsorted(numbers, [offset, offset + batch.num_rows])
+                for row in batch.take(pa.array(numbers[lo:hi] - offset)).to_pylist() if hi > lo else ():
+                    yield {c: row.get(c) for c in ROW_COLUMNS}
+                offset += batch.num_rows
 
 
 # ---------------------------------------------------------------- thumbnails
@@ -193,7 +129,7 @@ class Thumbnailer:
 
     @property
     def folder(self) -> str:
-        return _join(self.out, REPORT_DIR, THUMBS_DIR)
+        return storage.join(self.out, REPORT_DIR, THUMBS_DIR)
 
     def row(self, row: dict[str, Any]) -> dict[str, str | None]:
         """Relative paths (from the report folder) of the row's input, overlay and output thumbnails."""
@@ -201,17 +137,17 @@ class Thumbnailer:
         input_key = row.get("input_sha256") if _HEX.fullmatch(row.get("input_sha256") or "") else None
         if input_key:
             names["input"] = f"in-{input_key[:24]}.webp"
-            if _inside_out(row.get("mask_output")):
+            if row.get("mask_output"):
                 tag = f"{input_key}|{row['mask_output']}|{row.get('finished_at')}"
                 names["mask"] = f"mask-{hashlib.sha256(tag.encode()).hexdigest()[:24]}.webp"
-        if _HEX.fullmatch(row.get("output_sha256") or "") and _inside_out(row.get("output")):
+        if _HEX.fullmatch(row.get("output_sha256") or "") and row.get("output"):
             names["output"] = f"out-{row['output_sha256'][:24]}.webp"
         with self._lock:  # claim the missing names: rows sharing an input write its thumbnail once
             todo = {k: v for k, v in names.items() if v and v not in self.existing}
             self.existing.update(todo.values())
         try:
             self._make(row, todo)
-        except (MediaError, OSError, ValueError):  # an input moved since the run: no thumbnail, no failure
+        except (MediaError, OSError, ValueError):  # e.g. an input moved since the run: no thumbnail, no failure
             with self._lock:
                 self.existing.difference_update(todo.values())
             for kind in todo:
@@ -224,12 +160,15 @@ class Thumbnailer:
             if "input" in todo:
                 self._save(todo["input"], small)
             if "mask" in todo:
-                grey = decode_image(_read(_join(self.out, row["mask_output"])), self.policy).array[..., 0]
+                grey = self._read_out(row["mask_output"])[..., 0]
                 mask = Image.fromarray(grey).resize(small.shape[1::-1], Image.Resampling.BILINEAR)
                 self._save(todo["mask"], overlay(small, np.asarray(mask, np.float32) / 255.0))
         if "output" in todo:
-            output = decode_image(_read(_join(self.out, row["output"])), self.policy).array
-            self._save(todo["output"], self._thumb(output))
+            self._save(todo["output"], self._thumb(self._read_out(row["output"])))
+
+    def _read_out(self, relative: str) -> np.ndarray:
+        """A file the run wrote, by its name in the results (refused if it points outside OUT)."""
+        return decode_image(storage.read_bytes(storage.child(self.out, relative)), self.policy).array
 
     def _thumb(self, array: np.ndarray) -> np.ndarray:
         image = Image.fromarray(array)
@@ -237,16 +176,9 @@ class Thumbnailer:
         return np.asarray(image)
 
     def _save(self, name: str, array: np.ndarray) -> None:
-        _write(_join(self.folder, name), encode_image(array, "webp", quality=THUMB_QUALITY))
+        _publish(storage.join(self.folder, name), encode_image(array, "webp", quality=THUMB_QUALITY), "image/webp")
         with self._lock:  # pages make their thumbnails on a thread pool
             self.written += 1
-
-
-def _inside_out(relative: str | None) -> bool:
-    """A result's file name stays inside OUT (no absolute path, no '..')."""
-    if not relative or "\x00" in relative or relative.startswith(("/", "\\")) or "://" in relative:
-        return False
-    return all(part not in ("", ".", "..") for part in relative.replace("\\", "/").split("/"))
 
 
 # ---------------------------------------------------------------- the report
@@ -270,8 +202,8 @@ def page_name(number: int) -> str:
 
 def _summary(out: str) -> dict[str, Any]:
     try:
-        return json.loads(_read(_join(out, "summary.json")))
-    except (OSError, ValueError):  # a run still going, or killed: the results alone still make a report
+        return json.loads(storage.read_bytes(storage.join(out, "summary.json")))
+    except (OSError, ValueError):  # no summary yet (a run going on, or killed): the results suffice
         return {}
 
 
@@ -283,10 +215,8 @@ def _policy(summary: dict[str, Any]) -> MediaPolicy:
 
 
 def _base_dir(summary: dict[str, Any]) -> str | None:
-    manifest = summary.get("manifest")
-    if not manifest:
-        return None
-    return manifest.rsplit("/", 1)[0] if "://" in manifest else posixpath.dirname(_local(manifest))
+    """Where the run's relative image paths resolve from: the manifest's folder."""
+    return storage.parent(summary["manifest"]) if summary.get("manifest") else None
 
 
 def build_report(out: str, *, page_size: int = PAGE_SIZE, thumb_px: int = THUMB_PX, workers: int = 4) -> Report:
@@ -295,20 +225,20 @@ def build_report(out: str, *, page_size: int = PAGE_SIZE, thumb_px: int = THUMB_
         raise ReportError(f"page_size must be at least 1, got {page_size}")
     out = str(out)
     summary = _summary(out)
-    results = _join(out, "results")
-    files = [_join(results, name) for name in _list(results, ".parquet")]
-    if not files:
-        raise ReportError(f"no result files in {results}: is {out} the -o folder of an editflow run?")
-    selection = select_rows(files)
+    selection = select_rows(out)
+    if not selection.files:
+        raise ReportError(f"no result files in {results_dir(out)}: is {out} the -o folder of an editflow run?")
     pages = max(1, math.ceil(selection.rows / page_size))
     error_pages = math.ceil(selection.status.get("error", 0) / page_size)
-    thumbs = Thumbnailer(out, _policy(summary), _base_dir(summary), set(_list(_join(out, REPORT_DIR, THUMBS_DIR))),
-                         px=thumb_px)
+    folder = storage.join(out, REPORT_DIR, THUMBS_DIR)
+    storage.makedirs(folder)
+    existing = {location.rsplit("/", 1)[-1] for location in storage.list_files(folder)}
+    thumbs = Thumbnailer(out, _policy(summary), _base_dir(summary), existing, px=thumb_px)
     header = {"summary": summary, "selection": selection, "error_pages": error_pages}
 
     def rows() -> Iterator[dict[str, Any]]:
-        yield from stream_rows(files, selection.errors)
-        yield from stream_rows(files, selection.others)
+        yield from stream_rows(selection.files, selection.errors)
+        yield from stream_rows(selection.files, selection.others)
 
     number, chunk = 1, []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -319,10 +249,24 @@ def build_report(out: str, *, page_size: int = PAGE_SIZE, thumb_px: int = THUMB_
                 number, chunk = number + 1, []
         if chunk or number == 1:
             _write_page(out, number, pages, chunk, list(pool.map(thumbs.row, chunk)), header)
-    return Report(index=_join(out, REPORT_DIR, "index.html"), rows=selection.rows, pages=pages,
+    return Report(index=storage.join(out, REPORT_DIR, "index.html"), rows=selection.rows, pages=pages,
                   thumbs_written=thumbs.written, unreadable_files=selection.unreadable)
 
 
 def _write_page(out: str, number: int, pages: int, rows: list[dict], thumbs: list[dict], header: dict) -> None:
     html = render_page(number=number, pages=pages, rows=rows, thumbs=thumbs, page_name=page_name, **header)
-    _write(_join(out, REPORT_DIR, page_name(number)), html.encode("utf-8"))
+    _publish(storage.join(out, REPORT_DIR, page_name(number)), html.encode("utf-8"), "text/html; charset=utf-8")
+
+
+def _publish(location: str, data: bytes, content_type: str) -> None:
+    """Write one report file. On object stores it gets its Content-Type, so a bucket served as a
+    static site (or a signed URL) shows the page instead of downloading it."""
+    if storage.is_local(location):
+        storage.write_bytes(location, data, durable=False)  # a lost page or thumbnail is remade next time
+        return
+    filesystem, path = storage.resolve(location)
+    try:
+        with filesystem.open_output_stream(path, metadata={"Content-Type": content_type}) as stream:
+            stream.write(data)
+    except Exception as exc:
+        raise storage.StorageError(f"cannot write {storage.redact(location)}: {exc}") from None

@@ -128,7 +128,8 @@ def _image(src: str | None, link: str | None, alt: str, eager: bool) -> str:
 
 def _details(row: dict[str, Any]) -> str:
     settings = [(k, row.get(k)) for k in ("task", "engine", "model", "seed", "steps", "strength", "nfe")]
-    parts = ['<div class="kv">' + " · ".join(f"{k} <b>{_attr(v)}</b>" for k, v in settings if v is not None) + "</div>"]
+    shown = " · ".join(f"{k} <b>{_attr(v)}</b>" for k, v in settings if v is not None)
+    parts = [f'<div class="kv">{shown}</div>']
     if row.get("status") == "error":
         parts.append(f'<div class="msg">{_attr(row.get("error_stage"))} stage, {_attr(row.get("error_type"))}: '
                      f'{_attr(row.get("error_message"))}</div>')

@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from editflow import cli
+from editflow import cli, storage
 from editflow.report import ReportError, build_report, page_name
 from editflow.results import to_result_table
 from tests.conftest import write_jsonl
+from tests.s3_server import moto_endpoint, s3_bucket  # noqa: F401  (fixtures)
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
@@ -151,3 +152,25 @@ def test_report_of_a_folder_without_results_is_an_error(tmp_path: Path, capsys):
     assert cli.main(["report", str(tmp_path / "nothing")]) == cli.EXIT_FATAL
     assert "no result files" in capsys.readouterr().err
     assert not (tmp_path / "nothing").exists()
+
+
+def test_report_on_an_object_store_out(tmp_path: Path, photo_dir: Path, s3_bucket: str, capsys):
+    """A run written to s3:// (a real moto server) gets its report written beside it in the bucket."""
+    manifest = write_jsonl(photo_dir / "m.jsonl", [
+        {"id": "s3-ok", "task": "inpaint", "engine": "opencv", "image": "a.png", "mask": "box:10,10,40,40"},
+        {"id": "s3-broken", "task": "inpaint", "engine": "opencv", "image": "nope.png", "mask": "box:1,1,9,9"},
+    ])
+    out = f"{s3_bucket}/runs/one"
+    assert cli.main(["run", str(manifest), "-o", out, "--executor", "local", "--quiet", "--report"]) == 2
+    assert f"report:  {out}/report/index.html (2 rows, 1 page, 3 new thumbnails)" in capsys.readouterr().out
+    filesystem, path = storage.resolve(f"{out}/report/index.html")
+    with filesystem.open_input_stream(path) as stream:
+        assert stream.metadata().get("Content-Type") == b"text/html; charset=utf-8"  # a static host serves it
+        page = stream.read().decode()
+    assert [r[0] for r in dom_rows(page)] == ["s3-broken", "s3-ok"]
+    sources = re.findall(r'<img src="(thumbs/[^"]+)"', page)
+    assert len(sources) == 3 and all(storage.is_file(f"{out}/report/{s}") for s in sources)
+    with filesystem.open_input_stream(storage.resolve(f"{out}/report/{sources[0]}")[1]) as stream:
+        assert stream.metadata().get("Content-Type") == b"image/webp"
+    assert cli.main(["report", out]) == 0
+    assert "(2 rows, 1 page, 0 new thumbnails)" in capsys.readouterr().out
