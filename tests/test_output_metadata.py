@@ -145,3 +145,22 @@ def test_quality_out_of_range_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _edit(tmp_path, "o.jpg", "--quality", "0")
     assert "quality must be" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_icc_and_parameters_survive_a_ray_run_byte_for_byte(tmp_path):
+    """On Ray the ICC profile crosses stages as an in-flight bytes column; the output matches local."""
+    Image.fromarray(textured_image(96, 64, seed=4)).save(tmp_path / "p.png", icc_profile=SRGB_ICC)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "icc", "task": "inpaint", "engine": "opencv", "image": "p.png",
+                                    "mask": "box:8,8,40,40", "prompt": "patch"}) + "\n")
+    outputs = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        assert cli.main(["run", str(manifest), "-o", str(out), "--executor", executor, "--quiet",
+                         "--format", "webp", "--quality", "90"]) == 0
+        [outputs[executor]] = (out / "images").iterdir()
+    assert outputs["ray"].read_bytes() == outputs["local"].read_bytes()
+    im = Image.open(outputs["ray"])
+    assert im.format == "WEBP" and im.info["icc_profile"] == SRGB_ICC
+    assert im.getexif().get_ifd(EXIF_IFD)[USER_COMMENT].startswith(b"ASCII\0\0\0patch\nNegative prompt: ")
