@@ -62,6 +62,7 @@ SCRIPT = """
 })();
 """
 
+NONE = "(none)"  # e.g. the engine of a row that failed before an engine was chosen
 EAGER_ROWS = 12  # thumbnails of the first rows load at once (a screenshot sees them), the rest lazily
 
 
@@ -87,7 +88,7 @@ def _counts(summary: dict[str, Any], selection) -> str:
 
 def _groups(selection, summary: dict[str, Any]) -> str:
     def line(label: str, counter) -> str:
-        return f"{label}: " + ", ".join(f"{_attr(k or '(none)')} {n}" for k, n in sorted(counter.items()))
+        return f"{label}: " + ", ".join(f"{_attr(k or NONE)} {n}" for k, n in sorted(counter.items()))
 
     lines = [line("tasks", selection.task), line("engines", selection.engine)]
     if summary.get("error_types"):
@@ -111,7 +112,7 @@ def _pager(number: int, pages: int, error_pages: int, page_name: Callable[[int],
 
 def _filters(selection) -> str:
     def select(key: str, counter) -> str:
-        options = "".join(f'<option value="{_attr(v)}">{_attr(v or "(none)")} ({n})</option>'
+        options = "".join(f'<option value="{_attr(v or NONE)}">{_attr(v or NONE)} ({n})</option>'
                           for v, n in sorted(counter.items()))
         return f'<label>{key} <select id="filter-{key}"><option value="">all</option>{options}</select></label>'
 
@@ -144,7 +145,7 @@ def _details(row: dict[str, Any]) -> str:
 
 def _row(row: dict[str, Any], thumbs: dict[str, str | None], eager: bool) -> str:
     status = row.get("status") or ""
-    data = " ".join(f'data-{k}="{_attr(row.get(k) or "")}"' for k in ("status", "task", "engine"))
+    data = " ".join(f'data-{k}="{_attr(row.get(k) or NONE)}"' for k in ("status", "task", "engine"))
     return (f'<tr class="row {_attr(status)}" data-id="{_attr(row.get("id"))}" {data}>'
             f'<td><div class="id">{_attr(row.get("id"))}</div><div class="status">{_attr(status)}</div></td>'
             + _image(thumbs["input"], None, "input", eager)

@@ -89,8 +89,11 @@ def test_report_in_headless_chromium(small_run: Path, tmp_path: Path):
     assert {p: p.stat().st_mtime_ns for p in (index.parent / "thumbs").iterdir()} == first
 
     # a filter in the URL fragment hides the other rows
-    filtered = dom_rows(browse(Path(f"{index}#status=error"), tmp_path, "--dump-dom").stdout)
-    assert [(i, h) for i, h in filtered if not h] == [("broken", False)] and len(filtered) == 4
+    filtered = dom_rows(browse(Path(f"{index}#engine=(none)"), tmp_path, "--dump-dom").stdout)
+    assert [i for i, hidden in filtered if not hidden] == ["broken"] and len(filtered) == 4
+    dom = browse(Path(f"{index}#status=ok&engine=builtin"), tmp_path, "--dump-dom").stdout
+    assert [i for i, hidden in dom_rows(dom) if not hidden] == ["repaint-ok"]
+    assert "1 of 4 rows on this page" in dom and 'href="index.html#status=ok&amp;engine=builtin"' in dom
 
     shot = tmp_path / "report.png"
     browse(index, tmp_path, f"--screenshot={shot}", "--window-size=1200,900")
