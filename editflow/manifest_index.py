@@ -13,12 +13,14 @@ import json
 import os
 import posixpath
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from editflow import storage
 from editflow.manifest import COLUMNS, ManifestError, _cell_to_str, check_ids, check_required_columns, raw_column
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -40,24 +42,17 @@ class ManifestIndex:
         return len(self.ids)
 
 
-def resolve_filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path, file:// or any URI pyarrow resolves."""
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
 def index_manifest(path: str | os.PathLike) -> ManifestIndex:
     """Read a manifest's column names and id column, and check the manifest-level rules."""
-    text = str(path)
-    suffix = os.path.splitext(text)[1].lower()
+    text = os.fspath(path)
+    suffix = posixpath.splitext(urlsplit(text).path if "://" in text else text)[1].lower()
     if suffix not in FORMATS:
         raise ManifestError(f"unknown manifest format {suffix!r} for {text}: use .parquet, .csv or .jsonl")
     fmt = FORMATS[suffix]
     try:
-        fs, inner = resolve_filesystem(text)
+        fs, inner = storage.resolve(text)
         info = fs.get_file_info(inner)
-    except (pa.ArrowInvalid, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # StorageError is an OSError; ArrowInvalid a ValueError
         raise ManifestError(f"cannot open manifest {text}: {exc}") from exc
     if info.type == pafs.FileType.NotFound:
         raise ManifestError(f"manifest not found: {text}")
@@ -73,9 +68,8 @@ def index_manifest(path: str | os.PathLike) -> ManifestIndex:
     ids = pa.chunked_array([raw_column(chunk) for chunk in ids.chunks], pa.string()) if ids.num_chunks else \
         pa.chunked_array([], pa.string())
     check_ids(ids, text)
-    absolute = text if "://" in text else os.path.abspath(text)
-    base = posixpath.dirname(absolute) if "://" in text else os.path.dirname(absolute)
-    return ManifestIndex(path=absolute, base_dir=base, format=fmt, ids=ids, columns=columns,
+    return ManifestIndex(path=storage.absolute(text), base_dir=storage.parent(text), format=fmt, ids=ids,
+                         columns=columns,
                          extra_columns=[c for c in columns if c not in COLUMNS])
 
 

@@ -1,22 +1,24 @@
-"""One run of a manifest, whatever the executor: resume, execute, reconcile, summarise."""
+"""One run of a manifest, whatever the executor: lease, resume, execute, reconcile, summarise."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from editflow import __version__
+from editflow import __version__, storage
 from editflow.config import RunConfig
+from editflow.errors import EditflowError
+from editflow.lease import LeaseHeld, acquire
 from editflow.manifest import Manifest, read_manifest
 from editflow.manifest_index import ManifestIndex
-from editflow.results import prepare_resume, results_dir, scan_results, summarize
+from editflow.results import prepare_resume, results_dir, summarize
 from editflow.runners.local import ProgressCallback, run_local, stderr_progress
-from editflow.errors import EditflowError
 
 EXECUTORS = ("ray", "local")
 
@@ -33,26 +35,55 @@ def run_manifest(
     workers: int | None = None,
     rows_per_block: int = 8,
     progress: bool | ProgressCallback = True,
+    force_unlock: bool = False,
 ) -> dict[str, Any]:
     """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json).
 
+    OUT may be a local folder or any storage URI. The run holds OUT's lease (editflow.lease) from
+    start to summary: a second run on the same OUT refuses with RunError naming this one.
     A `ManifestIndex` (ids only) lets Ray read the rows on its workers; the local executor reads
     the rows here. `progress` is True (lines on stderr), False, or a
     `progress(rows_done, rows_total, ok, errors)` callback.
     """
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    config = with_manifest_scheme(config, manifest)
+    out = config.out_dir
+    storage.makedirs(out)
+    try:
+        lease = acquire(out, config.run_id, take_over_stale=resume, force=force_unlock)
+    except LeaseHeld as exc:
+        raise RunError(str(exc)) from None
+    try:
+        return _run_leased(manifest, config, executor, resume, workers, rows_per_block, progress)
+    finally:
+        lease.release()
+        if lease.lost:
+            print(f"editflow: warning: another run took {out} over during this run; check its results",
+                  file=sys.stderr)
+
+
+def with_manifest_scheme(config: RunConfig, manifest: Manifest | ManifestIndex) -> RunConfig:
+    """A manifest read from a URI lets its rows use that URI's scheme (as a local manifest lets its
+    rows use local paths): relative paths in it resolve to that store. Other schemes still need
+    --allow-scheme."""
+    scheme = storage.scheme(manifest.base_dir)
+    if scheme in config.allowed_schemes:
+        return config
+    return dataclasses.replace(config, allowed_schemes=(*config.allowed_schemes, scheme))
+
+
+def _run_leased(manifest: Manifest | ManifestIndex, config: RunConfig, executor: str, resume: bool,
+                workers: int | None, rows_per_block: int, progress: bool | ProgressCallback) -> dict[str, Any]:
+    out = config.out_dir
     if resume:
         done = prepare_resume(out, config.run_id)
     else:
-        if scan_results(out).files or any(results_dir(out).glob("*.parquet")):
+        if storage.list_files(results_dir(out), ".parquet"):
             raise RunError(f"{out} already holds results; pass --resume to continue that run, or choose a new folder")
-        done = set()
-    done_ids = done if isinstance(done, (pa.Array, pa.ChunkedArray)) else pa.array(sorted(done), pa.string())
+        done = pa.array([], pa.string())
     ids = manifest.ids if isinstance(manifest, ManifestIndex) else manifest.table.column("id")
-    already = (pc.sum(pc.is_in(ids, value_set=done_ids)).as_py() or 0) if len(done_ids) else 0
+    already = (pc.sum(pc.is_in(ids, value_set=done)).as_py() or 0) if len(done) else 0
     to_run = len(ids) - already
     callback = stderr_progress("editflow") if progress is True else (progress or None)
     started = time.perf_counter()
@@ -60,21 +91,21 @@ def run_manifest(
     if to_run:
         if executor == "local":
             table = manifest.table if isinstance(manifest, Manifest) else read_manifest(manifest.path).table
-            if len(done_ids):
-                table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done_ids)))
+            if len(done):
+                table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
             run_local(table, config, progress=callback)
         else:
             from editflow.runners.ray import RayOptions, run_ray
 
             source = manifest if isinstance(manifest, ManifestIndex) else manifest.table
             extra = run_ray(source, config, RayOptions(workers=workers, rows_per_block=rows_per_block,
-                                                       progress=False), rows_total=to_run, done_ids=done_ids,
+                                                       progress=False), rows_total=to_run, done_ids=done,
                            progress=callback)
     wall = time.perf_counter() - started
     run_info = {
         "run_id": config.run_id,
         "manifest": manifest.path,
-        "out_dir": str(out.resolve()),
+        "out_dir": storage.absolute(out),
         "executor": executor,
         "engine": config.engine,
         "editflow_version": __version__,
@@ -85,4 +116,4 @@ def run_manifest(
         "config": {k: v for k, v in asdict(config).items() if k not in ("out_dir", "base_dir")},
         **extra,
     }
-    return summarize(out, ids.to_pylist(), run_info)
+    return summarize(out, ids, run_info)

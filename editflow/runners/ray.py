@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from editflow import storage
 from editflow.config import RunConfig
 from editflow.manifest import COLUMNS, RAW_SCHEMA, _cell_to_str, _to_raw
-from editflow.manifest_index import ManifestIndex, resolve_filesystem
+from editflow.manifest_index import ManifestIndex
 from editflow.results import RESULT_SCHEMA, results_dir, to_result_table
 from editflow.runners.local import FILE_ROWS, ProgressCallback
 from editflow.runners.payload import rows_to_table, table_to_rows
@@ -128,7 +129,7 @@ def read_manifest_dataset(source: ManifestIndex | pa.Table, done_ref: Any):
     if isinstance(source, pa.Table):  # an in-memory manifest (API callers): already on the driver
         ds, fmt = ray.data.from_arrow(source), "arrow"
     else:
-        fs, inner = resolve_filesystem(source.path)
+        fs, inner = storage.resolve(source.path)
         fmt = source.format
         if fmt == "parquet":
             ds = ray.data.read_parquet(inner, filesystem=fs, file_extensions=None)
@@ -178,9 +179,10 @@ def run_ray(
         )
         ds = ds.map_batches(write_batch, fn_kwargs={"config": config, "counter": counter}, batch_format="pyarrow",
                             batch_size=rows_per_block, num_cpus=0.5)
-        results_dir(config.out_dir).mkdir(parents=True, exist_ok=True)
+        storage.makedirs(results_dir(config.out_dir))
+        filesystem, path = storage.resolve(results_dir(config.out_dir))  # OUT may be any storage URI
         with ThreadPoolExecutor(max_workers=1) as pool:
-            write = pool.submit(ds.write_parquet, str(results_dir(config.out_dir)), schema=RESULT_SCHEMA,
+            write = pool.submit(ds.write_parquet, path, filesystem=filesystem, schema=RESULT_SCHEMA,
                                 min_rows_per_file=max(1, options.file_rows))
             _report(write, counter, total, progress)
         return {"ray_init_s": round(init_s, 3), "ray_workers": workers, "ray_gpus": gpus}
