@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=4, help="rows per engine call (default 4)")
     run.add_argument("--rows-per-block", type=int, default=8,
                      help="rows per Ray block: the unit of retry and failure (default 8)")
+    run.add_argument("--rows-per-file", type=int, default=None,
+                     help="result rows per Parquet file (default 1000; the local executor also writes one a minute)")
     run.add_argument("--resume", action="store_true",
                      help="skip rows already ok in OUT and re-run the rest; takes over the lease of a run that died")
     run.add_argument("--force-unlock", action="store_true",
@@ -185,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         summary = run_manifest(manifest, config, executor=args.executor, resume=args.resume,
                                workers=args.workers, rows_per_block=args.rows_per_block, progress=not args.quiet,
-                               force_unlock=args.force_unlock)
+                               force_unlock=args.force_unlock, rows_per_file=args.rows_per_file)
     except RunError as exc:
         print(f"editflow: {exc}", file=sys.stderr)
         return EXIT_FATAL

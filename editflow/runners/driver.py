@@ -18,7 +18,7 @@ from editflow.lease import LeaseHeld, acquire
 from editflow.manifest import Manifest, read_manifest
 from editflow.manifest_index import ManifestIndex
 from editflow.results import prepare_resume, results_dir, summarize
-from editflow.runners.local import ProgressCallback, run_local, stderr_progress
+from editflow.runners.local import FILE_ROWS, ProgressCallback, run_local, stderr_progress
 
 EXECUTORS = ("ray", "local")
 
@@ -36,6 +36,7 @@ def run_manifest(
     rows_per_block: int = 8,
     progress: bool | ProgressCallback = True,
     force_unlock: bool = False,
+    rows_per_file: int | None = None,
 ) -> dict[str, Any]:
     """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json).
 
@@ -55,7 +56,8 @@ def run_manifest(
     except LeaseHeld as exc:
         raise RunError(str(exc)) from None
     try:
-        return _run_leased(manifest, config, executor, resume, workers, rows_per_block, progress)
+        return _run_leased(manifest, config, executor, resume, workers, rows_per_block, progress,
+                           rows_per_file or FILE_ROWS)
     finally:
         lease.release()
         if lease.lost:
@@ -74,7 +76,8 @@ def with_manifest_scheme(config: RunConfig, manifest: Manifest | ManifestIndex) 
 
 
 def _run_leased(manifest: Manifest | ManifestIndex, config: RunConfig, executor: str, resume: bool,
-                workers: int | None, rows_per_block: int, progress: bool | ProgressCallback) -> dict[str, Any]:
+                workers: int | None, rows_per_block: int, progress: bool | ProgressCallback,
+                rows_per_file: int) -> dict[str, Any]:
     out = config.out_dir
     if resume:
         done = prepare_resume(out, config.run_id)
@@ -93,13 +96,13 @@ def _run_leased(manifest: Manifest | ManifestIndex, config: RunConfig, executor:
             table = manifest.table if isinstance(manifest, Manifest) else read_manifest(manifest.path).table
             if len(done):
                 table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
-            run_local(table, config, progress=callback)
+            run_local(table, config, progress=callback, file_rows=rows_per_file)
         else:
             from editflow.runners.ray import RayOptions, run_ray
 
             source = manifest if isinstance(manifest, ManifestIndex) else manifest.table
-            extra = run_ray(source, config, RayOptions(workers=workers, rows_per_block=rows_per_block,
-                                                       progress=False), rows_total=to_run, done_ids=done,
+            options = RayOptions(workers=workers, rows_per_block=rows_per_block, progress=False, file_rows=rows_per_file)
+            extra = run_ray(source, config, options, rows_total=to_run, done_ids=done,
                            progress=callback)
     wall = time.perf_counter() - started
     run_info = {

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,14 +182,27 @@ def run_ray(
                             batch_size=rows_per_block, num_cpus=0.5)
         storage.makedirs(results_dir(config.out_dir))
         filesystem, path = storage.resolve(results_dir(config.out_dir))  # OUT may be any storage URI
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            write = pool.submit(ds.write_parquet, path, filesystem=filesystem, schema=RESULT_SCHEMA,
-                                min_rows_per_file=max(1, options.file_rows))
-            _report(write, counter, total, progress)
+        write = _in_background(ds.write_parquet, path, filesystem=filesystem, schema=RESULT_SCHEMA,
+                               min_rows_per_file=max(1, options.file_rows))
+        _report(write, counter, total, progress)
         return {"ray_init_s": round(init_s, 3), "ray_workers": workers, "ray_gpus": gpus}
     finally:
         if owns_cluster:
             ray.shutdown()
+
+
+def _in_background(function, *args, **kwargs) -> Future:
+    """Run `function` in a daemon thread (Ctrl-C in the main thread is never held up by it)."""
+    future: Future = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as exc:  # handed to the main thread by future.result()
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="editflow-write", daemon=True).start()
+    return future
 
 
 def _report(write: Future, counter: Any, total: int, progress: ProgressCallback | None) -> None:
