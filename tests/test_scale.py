@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -240,11 +241,12 @@ def test_losing_a_ray_node_mid_run_then_resume_gives_each_id_once(tmp_path, monk
     manifest = opencv_manifest(tmp_path / "in", rows)
     out = tmp_path / "out"
     ray_tmp = Path(f"/tmp/ef{os.getpid()}")  # short: Ray's socket paths must stay under 108 bytes
+    (ray_tmp / "ray").mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))  # this cluster's address file stays out of /tmp/ray
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "gcs_server_port": free_port(), "dashboard_agent_listen_port": free_port(),
         "metrics_export_port": free_port(), "runtime_env_agent_port": free_port(), "include_dashboard": False,
-        "node_ip_address": "127.0.0.1", "temp_dir": str(ray_tmp)})
+        "node_ip_address": "127.0.0.1", "temp_dir": str(ray_tmp / "ray")})
     try:
         victim = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
         cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
@@ -269,3 +271,4 @@ def test_losing_a_ray_node_mid_run_then_resume_gives_each_id_once(tmp_path, monk
         check_exactly_once(out, rows)
     finally:
         cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
