@@ -64,7 +64,7 @@ def write_result_files(out: Path, rows: int, per_file: int = 1000) -> list[str]:
 
     from editflow.results import RESULT_SCHEMA, results_dir
 
-    folder = results_dir(out)
+    folder = Path(results_dir(out))
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.now(timezone.utc)
     template = {name: pa.nulls(per_file, field.type) for name, field in zip(RESULT_SCHEMA.names, RESULT_SCHEMA)}
