@@ -157,14 +157,14 @@ class _ManifestWriter:
         elif self.suffix == ".csv":
             self._writer = pacsv.CSVWriter(self.tmp, schema)
         else:
-            self._file = open(self.tmp, "w", encoding="utf-8")
+            self._file = open(self.tmp, "wb")
         return self
 
     def write(self, table: pa.Table) -> None:
         if self._writer is not None:
             self._writer.write_table(table)
         else:
-            self._file.write("".join(_json_lines(table)))
+            self._file.write(_json_lines(table))
 
     def __exit__(self, kind, value, traceback) -> None:
         (self._writer or self._file).close()
@@ -174,17 +174,23 @@ class _ManifestWriter:
             self.tmp.unlink()
 
 
-def _json_lines(table: pa.Table) -> list[str]:
-    """JSON Lines for a table of strings, keys with null values left out, built column-wise."""
+def _json_lines(table: pa.Table) -> bytes:
+    """JSON Lines (UTF-8) for a table of strings, keys with null values left out, built column-wise."""
     if any(0 < column.null_count < len(column) for column in table.columns):  # mixed nulls: row by row
-        return [json.dumps({k: v for k, v in r.items() if v is not None}, ensure_ascii=False) + "\n"
-                for r in table.to_pylist()]
+        return "".join(json.dumps({k: v for k, v in r.items() if v is not None}, ensure_ascii=False) + "\n"
+                       for r in table.to_pylist()).encode("utf-8")
     pieces = [pc.binary_join_element_wise(json.dumps(name) + ": ", _json_strings(column), "")
               for name, column in zip(table.column_names, table.columns) if column.null_count == 0]
     if not pieces or not len(table):
-        return ["{}\n"] * len(table)
-    body = pc.binary_join_element_wise(*pieces, ", ")
-    return pc.binary_join_element_wise("{", body, "}\n", "").to_pylist()
+        return b"{}\n" * len(table)
+    lines = pc.binary_join_element_wise("{", pc.binary_join_element_wise(*pieces, ", "), "}\n", "")
+    # the lines lie back to back in each chunk's data buffer: write them without a Python str per row
+    return b"".join(_string_bytes(chunk) for chunk in lines.chunks)
+
+
+def _string_bytes(array: pa.StringArray) -> bytes:
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset:array.offset + len(array) + 1]
+    return array.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]] if len(array) else b""
 
 
 def _json_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -145,6 +145,27 @@ def _read_csv(location: str) -> pa.Table:
 
 
 def _read_jsonl(location: str) -> pa.Table:
+    table = _read_jsonl_strings(location)
+    return table if table is not None else _read_jsonl_cells(location)
+
+
+def _read_jsonl_strings(location: str) -> pa.Table | None:
+    """Arrow's JSON reader, when every cell of the file is a string or null (a catalog's manifest):
+    C++ speed and no Python object per row. None for anything else (numbers, objects, a bad line),
+    which the cell-by-cell reader handles with its own conversions and messages."""
+    import pyarrow.json as pajson
+
+    try:
+        with storage.open_input(location) as stream:
+            table = pajson.read_json(stream)
+    except (pa.ArrowInvalid, OSError, ValueError):
+        return None
+    if not all(pa.types.is_string(t) or pa.types.is_null(t) for t in table.schema.types):
+        return None
+    return table.cast(pa.schema([pa.field(name, pa.string()) for name in table.column_names]))
+
+
+def _read_jsonl_cells(location: str) -> pa.Table:
     rows: list[dict[str, Any]] = []
     with storage.open_input(location) as stream, io.TextIOWrapper(stream, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):

@@ -246,6 +246,9 @@ def test_losing_a_ray_node_mid_run_then_resume_gives_each_id_once(tmp_path, monk
     ray_tmp = Path(f"/tmp/ef{os.getpid()}")  # short: Ray's socket paths must stay under 108 bytes
     (ray_tmp / "ray").mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))  # this cluster's address file stays out of /tmp/ray
+    # every node on 127.0.0.1: Ray would otherwise rewrite 127.0.0.1 to the host's address when connecting
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "gcs_server_port": free_port(), "dashboard_agent_listen_port": free_port(),
         "metrics_export_port": free_port(), "runtime_env_agent_port": free_port(), "include_dashboard": False,
@@ -254,7 +257,7 @@ def test_losing_a_ray_node_mid_run_then_resume_gives_each_id_once(tmp_path, monk
         victim = cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
         cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
         # the driver joins the cluster here (on 127.0.0.1); the runner then uses this connection
-        ray.init(address=cluster.address, _node_ip_address="127.0.0.1", include_dashboard=False)
+        ray.init(address=cluster.address, include_dashboard=False)
         index = index_manifest(manifest)
 
         def run(resume: bool) -> dict:
