@@ -37,7 +37,7 @@ RESULT_SCHEMA = pa.schema(
         ("editflow_version", pa.string()), ("torch_version", pa.string()),
         ("diffusers_version", pa.string()), ("run_id", pa.string()),
         ("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC")),
-        ("attempt", pa.int32()),
+        ("attempt", pa.int32()), ("nsfw", pa.bool_()),
     ]
 )
 RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)

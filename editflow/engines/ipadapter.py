@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, EngineError
+from editflow.engines.base import EditRequest, EditResult, EngineError, is_out_of_memory
+from editflow.engines.device import execution_device, freeze, has_offload_hooks, plain_attention, slice_attention
 from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.sd import Job, SDEngine, generators
 from editflow.models import (
@@ -353,8 +354,10 @@ class EmbeddingCache:
 class IPAdapter:
     """An IP-Adapter loaded into one pipeline (its UNet's processors) plus its CLIP image encoder."""
 
-    def __init__(self, pipe: Any, spec: IPAdapterSpec, device: str, dtype: Any) -> None:
+    def __init__(self, pipe: Any, spec: IPAdapterSpec, device: str, dtype: Any, sliced: bool = False,
+                 sdpa: bool = True) -> None:
         self.spec = spec
+        self.sliced, self.sdpa = sliced, sdpa
         self.files = resolve_ip_adapter(spec)
         state = read_ip_adapter(self.files.weights)
         self.kind = check_ip_adapter(state, pipe.unet, f"IP-Adapter {self.files.weights.name}")
@@ -364,11 +367,16 @@ class IPAdapter:
             from transformers import CLIPImageProcessor
 
         encoder = load_image_encoder(self.files, dtype).to(device)
+        freeze(encoder)
         size = int(encoder.config.image_size)
         # register first: diffusers' load_ip_adapter then neither warns nor tries to load one itself
         pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=size, crop_size=size))
-        pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
-        pipe.unet.to(device)
+        # diffusers rebuilds the other layers' processors with __class__(): sliced ones cannot be
+        self._around_processors(lambda: pipe.load_ip_adapter(state, subfolder="", weight_name="",
+                                                             image_encoder_folder=None), pipe.unet)
+        if not has_offload_hooks(pipe.unet):  # offload hooks place the new adapter weights themselves
+            pipe.unet.to(device)
+        freeze(pipe.unet)
         self.pipe = pipe
         self.encoder = encoder
         self.processor = pipe.feature_extractor
@@ -381,7 +389,17 @@ class IPAdapter:
             self._scale = float(scale)
 
     def unload(self) -> None:
-        self.pipe.unload_ip_adapter()
+        self._around_processors(self.pipe.unload_ip_adapter, self.pipe.unet)
+
+    def _around_processors(self, change: Any, unet: Any) -> None:
+        """Run diffusers' adapter load/unload on plain processors, then slice attention again."""
+        if self.sliced:
+            plain_attention(unet, self.sdpa)
+        try:
+            change()
+        finally:
+            if self.sliced:
+                slice_attention(unet)
 
     @torch.no_grad()
     def embed(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,7 +411,7 @@ class IPAdapter:
         from PIL import Image
 
         pixels = self.processor(Image.fromarray(image), return_tensors="pt").pixel_values
-        pixels = pixels.to(device=self.encoder.device, dtype=self.encoder.dtype)
+        pixels = pixels.to(device=execution_device(self.encoder), dtype=self.encoder.dtype)
         if self.kind == "plus":
             pos = self.encoder(pixels, output_hidden_states=True).hidden_states[-2]
             neg = self.encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
@@ -420,7 +438,7 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
             return super().predict(x_t, t, alpha_bar_t, condition)
         cfg = c.negative_embeds is not None
         outs = []
-        dtype, device = self.unet.dtype, self.unet.device
+        dtype, device = self.unet.dtype, execution_device(self.unet)
         for sl in chunks(x_t.shape[0], self.rows_per_call):
             x = x_t[sl]
             if self.in_channels == 9:
@@ -487,6 +505,7 @@ class IPAdapterSDEngine(SDEngine):
         super().__init__(model=model, device=device, **options)
         self.cache = EmbeddingCache(int(options.get("cache_size", 512)), enabled=bool(options.get("cache", True)))
         self.adapter: IPAdapter | None = None
+        self._failed: dict[tuple, Exception] = {}
 
     def _setup(self, pipe: Any) -> None:
         super()._setup(pipe)
@@ -496,12 +515,23 @@ class IPAdapterSDEngine(SDEngine):
     def ip_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
         """The loaded adapter for `spec` (loaded on first use; another spec replaces it)."""
         if self.adapter is None or self.adapter.spec.weights_key != spec.weights_key:
+            if spec.weights_key in self._failed:  # a load that failed is not retried from disk per group
+                raise self._failed[spec.weights_key]
             if self.adapter is not None:
                 self.adapter.unload()
                 self.adapter = None
-            self.adapter = IPAdapter(self.pipe, spec, self.device, self.dtype)
+            try:
+                self.adapter = self._load_adapter(spec)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    self._failed[spec.weights_key] = exc
+                raise
         self.adapter.set_scale(spec.scale)
         return self.adapter
+
+    def _load_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
+        return IPAdapter(self.pipe, spec, self.device, self.dtype,
+                         sliced=self.runtime.attention_slicing, sdpa=self.runtime.sdpa)
 
     def spec_for(self, request: EditRequest) -> IPAdapterSpec:
         return IPAdapterSpec.from_params(request.params, self.options)

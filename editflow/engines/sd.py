@@ -42,6 +42,7 @@ import torch
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, Engine, EngineError, JobEngine
 from editflow.engines.crop import CropPlan, plan_crop
+from editflow.engines.device import execution_device, freeze, freeze_pipeline, pipeline_vae, vae_dtype, vae_in
 from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks
 from editflow.models import (
     DEFAULT_MODELS, RuntimeOptions, apply_switches, load_sd_pipeline, select_device, select_dtype,
@@ -136,9 +137,11 @@ class SDEngine(JobEngine):
         if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
             raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
         vae = pipe.vae
-        if self.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-            vae.to(torch.float32)  # the SDXL VAE overflows in fp16
+        self.vae_dtype = vae_dtype(vae, self.dtype)  # fp32 where fp16 overflows (the SDXL VAE)
+        vae_in(vae, self.vae_dtype)
+        self._take_safety_checker(pipe)
         self.switches = apply_switches(pipe, self.runtime, self.device)
+        freeze_pipeline(pipe)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
@@ -153,6 +156,50 @@ class SDEngine(JobEngine):
         self.resolution = int(sample_size) * self.denoiser.scale_factor
         self.multiple = max(8, self.denoiser.scale_factor)  # VAE needs its factor; 8 keeps every SD happy
         self._inpaint_pipe = None
+
+    def _take_safety_checker(self, pipe: Any) -> None:
+        """Hub SD 1.x/2.x pipelines come with a safety checker that blackens flagged images and
+        reports nothing; editflow takes it out of the pipeline. Off by default; with the
+        ``safety_checker`` switch it runs on every output (pipeline and sampler paths alike) and
+        sets `EditResult.nsfw` (the edit stage turns a flagged row into an error row)."""
+        checker = getattr(pipe, "safety_checker", None)
+        self.safety, self.safety_extractor = None, getattr(pipe, "feature_extractor", None)
+        if checker is not None:
+            pipe.register_modules(safety_checker=None)
+        if not self.runtime.safety_checker:
+            return
+        if checker is None or self.safety_extractor is None:
+            raise EngineError(f"model {self.model!r} has no safety checker (safety_checker + feature_extractor) "
+                              "to run; turn the safety_checker switch off for it")
+        self.safety = checker.to(self.device)
+        freeze(self.safety)
+
+    def flag_unsafe(self, images: list[np.ndarray]) -> list[bool]:
+        """The safety checker's verdict on each output image (H×W×3 uint8)."""
+        from PIL import Image
+
+        pixels = self.safety_extractor([Image.fromarray(a) for a in images], return_tensors="pt").pixel_values
+        dtype = next(self.safety.parameters()).dtype
+        device = execution_device(self.safety, self.device)
+        _, flags = self.safety(images=[a.astype(np.float32) / 255.0 for a in images],
+                               clip_input=pixels.to(device=device, dtype=dtype))
+        return [bool(f) for f in flags]
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        with torch.inference_mode():
+            results = super().edit_batch(requests)
+            if self.safety is not None:
+                done = [i for i, r in enumerate(results) if isinstance(r, EditResult)]
+                try:
+                    flags = self.flag_unsafe([results[i].image for i in done]) if done else []
+                except Exception as exc:  # unchecked output never passes as checked
+                    flags = [exc] * len(done)
+                for i, flag in zip(done, flags):
+                    if isinstance(flag, Exception):
+                        results[i] = flag
+                    else:
+                        results[i].nsfw = flag
+        return results
 
     @property
     def inpaint_pipe(self) -> Any:
@@ -238,7 +285,8 @@ class SDEngine(JobEngine):
                 for key in ("prompt_2", "negative_prompt_2"):
                     if key in first.extra:
                         kwargs[key] = [j.extra.get(key) or "" for j in part]
-            out = pipe(**kwargs).images
+            with pipeline_vae(pipe.vae, pipe.unet.dtype, self.vae_dtype):
+                out = pipe(**kwargs).images
             for job, array in zip(part, out):
                 results.append(self._result(job, job.plan.paste(job.request.image, array), calls[0],
                                             type(pipe.scheduler).__name__))

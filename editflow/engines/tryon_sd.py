@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.engines.crop import CropPlan, plan_crop
+from editflow.engines.device import execution_device, freeze, vae_dtype, vae_in
 from editflow.engines.ipadapter import EmbeddingCache, IPAdapterSDEngine, RefJob, pad_to_square, sampler_settings
 from editflow.engines.latent import LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.sd import check_request, generators, open_sd_model
@@ -257,7 +258,7 @@ class ConcatDenoiser(LatentUNetDenoiser):
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: ConcatCondition) -> torch.Tensor:
         c = condition
         cfg = c.uncond_latents is not None
-        dtype, device = self.unet.dtype, self.unet.device
+        dtype, device = self.unet.dtype, execution_device(self.unet)
         outs = []
         for sl in chunks(x_t.shape[0], self.rows_per_call):
             x, m, ts = x_t[sl], c.mask[sl].to(x_t), t[sl]
@@ -311,8 +312,10 @@ class ConcatTryOnEngine(JobEngine):
         for name in ("text_encoder", "text_encoder_2", "safety_checker"):  # no text: free the memory
             if getattr(pipe, name, None) is not None:
                 setattr(pipe, name, None)
+        vae_in(vae, vae_dtype(vae, self.dtype))  # the sampler path's VAE: fp32 where fp16 overflows
         self.switches = apply_switches(pipe, self.runtime, self.device)
-        self.unet, self.vae, self.schedule = unet.eval(), vae.eval(), dict(pipe.scheduler.config)
+        freeze(unet, vae)
+        self.unet, self.vae, self.schedule = unet, vae, dict(pipe.scheduler.config)
         self.rows_per_call = self.runtime.rows_per_call(self.device)
         self.base = LatentUNetDenoiser(unet, vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
                                        self.rows_per_call)
@@ -391,6 +394,10 @@ class ConcatTryOnEngine(JobEngine):
         latents, cached = self.cache.get_or_make(key, make)
         job.reference_cached = cached
         return latents
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        with torch.inference_mode():  # cached garment latents keep no autograd graph
+            return super().edit_batch(requests)
 
     def _run(self, jobs: list[ConcatJob]) -> list[EditResult]:
         first = jobs[0]

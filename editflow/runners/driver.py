@@ -32,6 +32,7 @@ def run_manifest(
     workers: int | None = None,
     rows_per_block: int = 8,
     progress: bool = True,
+    gpus_per_worker: float | None = None,
 ) -> dict[str, Any]:
     """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json)."""
     if executor not in EXECUTORS:
@@ -55,7 +56,8 @@ def run_manifest(
         else:
             from editflow.runners.ray import RayOptions, run_ray
 
-            extra = run_ray(table, config, RayOptions(workers=workers, rows_per_block=rows_per_block, progress=progress))
+            extra = run_ray(table, config, RayOptions(workers=workers, rows_per_block=rows_per_block, progress=progress,
+                                                      gpus_per_worker=gpus_per_worker))
     wall = time.perf_counter() - started
     run_info = {
         "run_id": config.run_id,

@@ -24,7 +24,7 @@ import numpy as np
 from editflow import __version__
 from editflow.config import RunConfig
 from editflow.engines import EditRequest, Engine, engine_target, get_engine_class
-from editflow.engines.base import composite_unmasked, unmasked_max_diff
+from editflow.engines.base import NSFWContentError, composite_unmasked, unmasked_max_diff
 from editflow.manifest import EditRow, RowError, parse_row
 from editflow.masks import ops
 from editflow.masks.render import render_geometric
@@ -208,7 +208,8 @@ class EditStage(Stage):
     def engine(self, name: str, task: str, model: str | None) -> Engine:
         key = (engine_target(name, task), model)
         if key not in self.engines:  # models load once per worker
-            self.engines[key] = get_engine_class(name, task)(model=model, device=self.device, cache=self.config.cache)
+            self.engines[key] = get_engine_class(name, task)(model=model, device=self.device, cache=self.config.cache,
+                                                             **self.config.engine_options())
         return self.engines[key]
 
     def process(self, rows: list[Row]) -> None:
@@ -223,6 +224,8 @@ class EditStage(Stage):
                 for row in group:
                     mark_error(row, self.name, exc)
                 continue
+            # rows of one size and settings next to each other: they share the engine's batched calls
+            group.sort(key=_bucket)
             size = max(1, self.config.batch_size)
             for start in range(0, len(group), size):
                 self._run(engine, name, group[start:start + size])
@@ -241,6 +244,11 @@ class EditStage(Stage):
         for row, request, result in zip(rows, requests, results):
             if isinstance(result, Exception):
                 mark_error(row, self.name, result)
+                continue
+            row["nsfw"] = result.nsfw
+            if result.nsfw:  # the opt-in safety checker flagged it: nothing is written, the row says why
+                mark_error(row, self.name, NSFWContentError(
+                    f"the {name} engine's safety checker flagged this output; it was not written"))
                 continue
             try:
                 output = composite_unmasked(request.image, result.image, request.mask)
@@ -316,6 +324,14 @@ PARAMETER_KEYS = (
 
 def _parameters(row: Row) -> dict[str, Any]:
     return {k: row.get(k) for k in PARAMETER_KEYS if row.get(k) is not None}
+
+
+def _bucket(row: Row) -> tuple:
+    """What decides whether two rows can share a network call: image size and sampler settings."""
+    edit = _parsed(row)
+    h, w = row["_image"].shape[:2]
+    return (h, w, edit.task, edit.steps or 0, edit.strength if edit.strength is not None else -1.0,
+            edit.guidance_scale if edit.guidance_scale is not None else -1.0)
 
 
 def _default_device() -> str:
