@@ -159,13 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
 
 
+def _switches(args: argparse.Namespace) -> dict:
+    """Engine switches: the flags, else the driver's EDITFLOW_* variables (carried to every worker)."""
+    from editflow.models import RuntimeOptions
+
+    env = RuntimeOptions.from_env()
+    return {name: getattr(args, name) if getattr(args, name) is not None else env.get(name) for name in ENGINE_SWITCHES}
+
+
 def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> RunConfig:
     settings = dict(
         out_dir=out_dir, base_dir=base_dir, engine=args.engine, model=args.model, device=args.device,
         cpu_threads=args.cpu_threads, output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
         sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, sam_refine=args.sam_refine,
-        cache=args.cache, **{name: getattr(args, name) for name in ENGINE_SWITCHES},
+        cache=args.cache, **_switches(args),
     )
     return RunConfig(**{**settings, **extra})
 

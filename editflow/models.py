@@ -311,6 +311,14 @@ def _env_flag(name: str) -> bool | None:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+#: switch -> its environment variable (the default when neither options nor the run's config set it)
+SWITCH_ENV = {
+    "dtype": "EDITFLOW_DTYPE", "attention_slicing": "EDITFLOW_ATTENTION_SLICING", "vae_tiling": "EDITFLOW_VAE_TILING",
+    "cpu_offload": "EDITFLOW_CPU_OFFLOAD", "sdpa": "EDITFLOW_SDPA", "micro_batch": "EDITFLOW_MICRO_BATCH",
+    "safety_checker": "EDITFLOW_SAFETY_CHECKER", "compile": "EDITFLOW_COMPILE",
+}
+
+
 @dataclass
 class RuntimeOptions:
     """Memory and speed switches. None = the default for the device (all off on CPU)."""
@@ -324,6 +332,14 @@ class RuntimeOptions:
     safety_checker: bool = False  # run the model's safety checker on outputs, flag rows (nsfw)
     compile: bool = False  # torch.compile the UNet (CUDA: faster steady state, minutes of warm-up)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> dict[str, Any]:
+        """The switches the EDITFLOW_* environment variables set (the driver puts them in the run's
+        config, so they reach Ray actors whatever their environment)."""
+        defaults, env = cls(), cls.from_options({})
+        return {name: getattr(env, name) for name in SWITCH_ENV
+                if os.environ.get(SWITCH_ENV[name], "").strip() and getattr(env, name) != getattr(defaults, name)}
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> RuntimeOptions:
@@ -340,18 +356,22 @@ class RuntimeOptions:
             return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
 
         known = {"dtype", "attention_slicing", "vae_tiling", "cpu_offload", "sdpa", "micro_batch", "safety_checker",
-                 "compile"}
+                 "compile", "shared_models"}
         return cls(
-            dtype=pick("dtype", "EDITFLOW_DTYPE", str, None),
-            attention_slicing=pick("attention_slicing", "EDITFLOW_ATTENTION_SLICING", as_bool, False),
-            vae_tiling=pick("vae_tiling", "EDITFLOW_VAE_TILING", as_bool, False),
-            cpu_offload=pick("cpu_offload", "EDITFLOW_CPU_OFFLOAD", as_bool, False),
-            sdpa=pick("sdpa", "EDITFLOW_SDPA", as_bool, True),
-            micro_batch=pick("micro_batch", "EDITFLOW_MICRO_BATCH", int, None),
-            safety_checker=pick("safety_checker", "EDITFLOW_SAFETY_CHECKER", as_bool, False),
-            compile=pick("compile", "EDITFLOW_COMPILE", as_bool, False),
+            dtype=pick("dtype", SWITCH_ENV["dtype"], str, None),
+            attention_slicing=pick("attention_slicing", SWITCH_ENV["attention_slicing"], as_bool, False),
+            vae_tiling=pick("vae_tiling", SWITCH_ENV["vae_tiling"], as_bool, False),
+            cpu_offload=pick("cpu_offload", SWITCH_ENV["cpu_offload"], as_bool, False),
+            sdpa=pick("sdpa", SWITCH_ENV["sdpa"], as_bool, True),
+            micro_batch=pick("micro_batch", SWITCH_ENV["micro_batch"], int, None),
+            safety_checker=pick("safety_checker", SWITCH_ENV["safety_checker"], as_bool, False),
+            compile=pick("compile", SWITCH_ENV["compile"], as_bool, False),
             extra={k: v for k, v in options.items() if k not in known},
         )
+
+    def switch_key(self) -> tuple:
+        """What a loaded pipeline depends on (engines with equal keys may share one)."""
+        return (self.dtype, self.attention_slicing, self.vae_tiling, self.cpu_offload, self.sdpa, self.compile)
 
     def rows_per_call(self, device: str) -> int | None:
         """Rows per network call: `micro_batch`, else 1 on CPU (batch-invariant bytes), else all."""

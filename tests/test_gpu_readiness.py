@@ -316,11 +316,11 @@ def test_oom_splits_the_group_and_retries(tiny_models):
 
     handle = e.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        rows = [request("repaint", seed=i, rid=str(i)) for i in range(4)]
+        rows = [request("repaint", seed=i, rid=str(i), steps=2) for i in range(3)]
         results = ok(e.edit_batch(rows))
     finally:
         handle.remove()
-    assert len(results) == 4 and 8 in seen and 4 in seen and seen[-1] == 2
+    assert len(results) == 3 and seen[0] == 6 and 4 in seen and seen[-1] == 2  # 3 rows -> 1 + 2 -> 1 + 1
     alone = SDEngine(model=str(tiny_models["sd"]), device="cpu")
     for row, result in zip(rows, results):
         (want,) = ok(alone.edit_batch([row]))
@@ -392,3 +392,51 @@ def test_sdedit_start_is_not_encoded_at_strength_one(tiny_models):
         masked_sample(d, images, masks, [torch.Generator().manual_seed(0)], SamplerConfig(steps=2, strength=1.0),
                       condition=cond, init=images + 0.5)
     assert calls.rows["encoder"] == 1
+
+
+# -- 9: one loaded model per worker for sd, sd makeup and sd-ipadapter --------------------------
+
+def test_engines_of_one_model_share_one_pipeline_and_keep_their_bytes(tmp_path, tiny_models, tiny_ip_adapter):
+    from editflow.config import RunConfig
+    from editflow.engines.sd import SDEngine
+    from editflow.runners.stages import EditStage, new_row
+
+    model = str(tiny_models["sd-inpaint"])
+    stage = EditStage(RunConfig(out_dir=str(tmp_path), device="cpu", model=model))
+    plain = stage.engine("sd", "repaint", model)
+    ipa = stage.engine("sd-ipadapter", "tryon", model)
+    assert ipa.pipe is plain.pipe and ipa.pipe.unet is plain.pipe.unet
+
+    def row(rid, task, engine, **extra):
+        r = new_row({"id": rid, "task": task, "engine": engine, "image": "x.png", "mask": "box:12,14,52,46",
+                     "prompt": "a cat", "steps": "3", "seed": "4", **extra}, "run")
+        r.update(_image=IMG, _mask=MASK, _reference=GARMENT)
+        return r
+
+    params = '{"ip_adapter": "%s"}' % tiny_ip_adapter
+    rows = stage([row("a", "repaint", "sd"), row("b", "tryon", "sd-ipadapter", category="upper", params=params),
+                  row("c", "repaint", "sd")])
+    assert [r["status"] for r in rows] == ["ok"] * 3, [r.get("error_message") for r in rows]
+    (alone,) = ok(SDEngine(model=model, device="cpu").edit_batch([request("repaint", seed=4, prompt="a cat")]))
+    assert np.array_equal(rows[0]["_output"], rows[2]["_output"])  # the adapter left the plain UNet as it was
+    assert np.array_equal(rows[0]["_output"][MASK > 0], alone.image[MASK > 0])
+
+
+# -- 10: switches from the run's config reach the engines (and Ray actors, which get it pickled) --
+
+def test_run_config_switches_reach_the_engine(tmp_path, tiny_models, monkeypatch):
+    import pickle
+
+    from editflow import cli
+    from editflow.config import RunConfig
+    from editflow.runners.stages import EditStage
+
+    monkeypatch.setenv("EDITFLOW_MICRO_BATCH", "3")
+    args = cli.build_parser().parse_args(["run", "m.jsonl", "-o", str(tmp_path), "--dtype", "bf16", "--vae-tiling"])
+    config = cli._config(args, str(tmp_path), str(tmp_path))
+    assert config.engine_options() == {"dtype": "bf16", "vae_tiling": True, "micro_batch": 3}
+    monkeypatch.delenv("EDITFLOW_MICRO_BATCH")
+    config = pickle.loads(pickle.dumps(config))  # what a Ray actor receives
+    e = EditStage(config).engine("sd", "repaint", str(tiny_models["sd"]))
+    assert e.dtype == torch.bfloat16 and e.rows_per_call == 3 and "vae_tiling" in e.switches
+    assert RunConfig(out_dir="x").engine_options() == {}

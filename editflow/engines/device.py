@@ -41,9 +41,10 @@ def execution_device(module: Any, default: torch.device | str | None = None) -> 
     (or a submodule) carries one, else where its weights are (as diffusers' ``_execution_device``)."""
     for m in module.modules():
         hook = getattr(m, "_hf_hook", None)
-        device = getattr(hook, "execution_device", None)
-        if device is not None:
-            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+        for h in (hook, *getattr(hook, "hooks", ())):  # accelerate's SequentialHook holds several
+            device = getattr(h, "execution_device", None)
+            if device is not None:
+                return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
     if default is not None:
         return torch.device(default)
     return next(iter(module.parameters())).device

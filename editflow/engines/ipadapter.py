@@ -45,7 +45,7 @@ from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, is_out_of_memory
 from editflow.engines.device import execution_device, freeze, has_offload_hooks, plain_attention, slice_attention
 from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
-from editflow.engines.sd import Job, SDEngine, generators
+from editflow.engines.sd import Job, SDEngine, generators, release_adapter
 from editflow.models import (
     ModelNotAvailableError, hub_cache_dir, is_offline, parse_model_spec,
 )
@@ -369,19 +369,28 @@ class IPAdapter:
         encoder = load_image_encoder(self.files, dtype).to(device)
         freeze(encoder)
         size = int(encoder.config.image_size)
+        self.state = state  # kept: engines sharing the pipeline unload and reload it from memory
+        self.pipe = pipe
+        self.encoder = encoder
+        self.processor = CLIPImageProcessor(size=size, crop_size=size)
+        self.device = device
+        self._scale: float | None = None
+        self.load()
+
+    def load(self) -> None:
+        """Put the adapter into the pipeline's UNet (and its encoder into the pipeline)."""
+        pipe = self.pipe
         # register first: diffusers' load_ip_adapter then neither warns nor tries to load one itself
-        pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=size, crop_size=size))
+        pipe.register_modules(image_encoder=self.encoder, feature_extractor=self.processor)
+        state = {part: dict(tensors) for part, tensors in self.state.items()}
         # diffusers rebuilds the other layers' processors with __class__(): sliced ones cannot be
         self._around_processors(lambda: pipe.load_ip_adapter(state, subfolder="", weight_name="",
                                                              image_encoder_folder=None), pipe.unet)
         if not has_offload_hooks(pipe.unet):  # offload hooks place the new adapter weights themselves
-            pipe.unet.to(device)
+            pipe.unet.to(self.device)
         freeze(pipe.unet)
-        self.pipe = pipe
-        self.encoder = encoder
-        self.processor = pipe.feature_extractor
-        self.device = device
-        self._scale: float | None = None
+        self._scale = None
+        pipe._editflow_adapter = self
 
     def set_scale(self, scale: float) -> None:
         if scale != self._scale:
@@ -390,6 +399,8 @@ class IPAdapter:
 
     def unload(self) -> None:
         self._around_processors(self.pipe.unload_ip_adapter, self.pipe.unet)
+        if getattr(self.pipe, "_editflow_adapter", None) is self:
+            self.pipe._editflow_adapter = None
 
     def _around_processors(self, change: Any, unet: Any) -> None:
         """Run diffusers' adapter load/unload on plain processors, then slice attention again."""
@@ -514,12 +525,16 @@ class IPAdapterSDEngine(SDEngine):
 
     def ip_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
         """The loaded adapter for `spec` (loaded on first use; another spec replaces it)."""
-        if self.adapter is None or self.adapter.spec.weights_key != spec.weights_key:
+        loaded = getattr(self.pipe, "_editflow_adapter", None)
+        if self.adapter is not None and self.adapter.spec.weights_key == spec.weights_key:
+            if loaded is not self.adapter:  # an engine sharing the pipeline ran without it (or with another)
+                release_adapter(self.pipe)
+                self.adapter.load()
+        else:
             if spec.weights_key in self._failed:  # a load that failed is not retried from disk per group
                 raise self._failed[spec.weights_key]
-            if self.adapter is not None:
-                self.adapter.unload()
-                self.adapter = None
+            release_adapter(self.pipe)
+            self.adapter = None
             try:
                 self.adapter = self._load_adapter(spec)
             except Exception as exc:

@@ -102,12 +102,31 @@ def generators(jobs: list[Job]) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed(int(j.request.seed) % (2**63)) for j in jobs]
 
 
-def open_sd_model(engine: Engine, model: str, options: dict[str, Any]) -> Any:
-    """Load `model` for an SD-based engine: sets its runtime switches, dtype, source and revision."""
+def open_sd_model(engine: Engine, model: str, options: dict[str, Any], share: bool = True) -> Any:
+    """Load `model` for an SD-based engine: sets its runtime switches, dtype, source and revision.
+
+    With a ``shared_models`` dict in `options` (the edit stage passes one per worker), engines of
+    one model, device, dtype and switches (`sd`, `sd` makeup, `sd-ipadapter`) share one loaded
+    pipeline instead of holding a copy each; `share=False` for engines that change the weights."""
     engine.runtime = RuntimeOptions.from_options(options)
     engine.dtype = select_dtype(engine.device, engine.runtime.dtype)
+    shared = options.get("shared_models") if share else None
+    key = (model, str(engine.device), str(engine.dtype), repr(engine.runtime.switch_key()))
+    if shared is not None and key in shared:
+        pipe, engine.source, engine.revision = shared[key]
+        return pipe
     pipe, engine.source, engine.revision = load_sd_pipeline(model, engine.dtype)
+    if shared is not None:
+        shared[key] = (pipe, engine.source, engine.revision)
     return pipe
+
+
+def release_adapter(pipe: Any) -> None:
+    """Unload the IP-Adapter an engine sharing `pipe` left in its UNet (the plain UNet takes no image prompt)."""
+    adapter = getattr(pipe, "_editflow_adapter", None)
+    if adapter is not None:
+        adapter.unload()
+        pipe._editflow_adapter = None
 
 
 class SDEngine(JobEngine):
@@ -138,10 +157,12 @@ class SDEngine(JobEngine):
             raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
         vae = pipe.vae
         self.vae_dtype = vae_dtype(vae, self.dtype)  # fp32 where fp16 overflows (the SDXL VAE)
-        vae_in(vae, self.vae_dtype)
         self._take_safety_checker(pipe)
-        self.switches = apply_switches(pipe, self.runtime, self.device)
-        freeze_pipeline(pipe)
+        if getattr(pipe, "_editflow_switches", None) is None:  # a shared pipeline is set up once
+            vae_in(vae, self.vae_dtype)
+            pipe._editflow_switches = apply_switches(pipe, self.runtime, self.device)
+            freeze_pipeline(pipe)
+        self.switches = list(pipe._editflow_switches)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
@@ -162,10 +183,12 @@ class SDEngine(JobEngine):
         reports nothing; editflow takes it out of the pipeline. Off by default; with the
         ``safety_checker`` switch it runs on every output (pipeline and sampler paths alike) and
         sets `EditResult.nsfw` (the edit stage turns a flagged row into an error row)."""
-        checker = getattr(pipe, "safety_checker", None)
-        self.safety, self.safety_extractor = None, getattr(pipe, "feature_extractor", None)
-        if checker is not None:
-            pipe.register_modules(safety_checker=None)
+        if getattr(pipe, "_editflow_safety", None) is None:  # kept aside once, for every engine sharing pipe
+            pipe._editflow_safety = (getattr(pipe, "safety_checker", None), getattr(pipe, "feature_extractor", None))
+            if pipe._editflow_safety[0] is not None:
+                pipe.register_modules(safety_checker=None)
+        checker, self.safety_extractor = pipe._editflow_safety
+        self.safety = None
         if not self.runtime.safety_checker:
             return
         if checker is None or self.safety_extractor is None:
@@ -244,6 +267,7 @@ class SDEngine(JobEngine):
                    jumps_for(request), "pipeline" if use_pipeline else scheduler, eta, extra)
 
     def _run(self, jobs: list[Job]) -> list[EditResult]:
+        release_adapter(self.pipe)
         return self._run_pipeline(jobs) if jobs[0].path == "pipeline" else self._run_sampler(jobs)
 
     def _result(self, job: Job, image: np.ndarray, nfe: int, scheduler: str) -> EditResult:

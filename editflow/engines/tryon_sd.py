@@ -300,7 +300,7 @@ class ConcatTryOnEngine(JobEngine):
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         model = model or DEFAULT_MODELS["sd"]
         super().__init__(model=model, device=select_device(device), **options)
-        pipe = open_sd_model(self, model, options)
+        pipe = open_sd_model(self, model, options, share=False)  # its attention weights change per row
         unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
         if unet is None or vae is None:
             raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")

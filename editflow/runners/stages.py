@@ -201,6 +201,7 @@ class EditStage(Stage):
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         self.engines: dict[tuple[str, str | None], Engine] = {}  # (module:Class, model) -> engine
+        self.shared_models: dict = {}  # loaded pipelines the engines of one model share (editflow.engines.sd)
         self.device = config.device or _default_device()
         if self.device == "cpu":
             _pin_cpu_threads(config.cpu_threads or os.cpu_count() or 1)
@@ -209,6 +210,7 @@ class EditStage(Stage):
         key = (engine_target(name, task), model)
         if key not in self.engines:  # models load once per worker
             self.engines[key] = get_engine_class(name, task)(model=model, device=self.device, cache=self.config.cache,
+                                                             shared_models=self.shared_models,
                                                              **self.config.engine_options())
         return self.engines[key]
 
