@@ -30,7 +30,7 @@ from editflow import storage
 from editflow.errors import EditflowError
 
 __all__ = [
-    "DecodedImage", "MediaError", "MediaPolicy", "atomic_write_bytes", "decode_image",
+    "DEFAULT_QUALITY", "DecodedImage", "MediaError", "MediaPolicy", "atomic_write_bytes", "decode_image",
     "encode_image", "load_image", "load_mask_file", "read_bytes", "resolve_uri",
     "safe_join", "safe_output_name", "sha256_hex",
 ]
@@ -41,6 +41,9 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _MAX_REDIRECTS = 5
+DEFAULT_QUALITY = 95  # JPEG/WebP quality of outputs unless --quality says otherwise
+EXIF_IFD = 0x8769  # the Exif sub-IFD, where UserComment lives
+USER_COMMENT = 0x9286
 
 
 class MediaError(EditflowError, ValueError):
@@ -70,6 +73,14 @@ class DecodedImage:
     source_size: tuple[int, int]  # (w, h) before orientation
     exif_orientation: int | None
     frames: int
+    icc_profile: bytes | None = None  # the source's RGB ICC profile, kept for the output
+
+
+def _rgb_icc(im: Image.Image) -> bytes | None:
+    """The image's ICC profile if it describes RGB data (the decoded array is RGB; a CMYK or
+    grey profile would mislabel it). Bytes 16-19 of an ICC header name its colour space."""
+    icc = im.info.get("icc_profile")
+    return bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc[16:20] == b"RGB " else None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -429,7 +440,7 @@ def decode_image(data: bytes, policy: MediaPolicy, *, name: str = "image") -> De
         array = _to_rgb(im)
     except Exception as exc:
         raise MediaError(f"cannot convert image mode {mode} to RGB: {name} ({exc})") from None
-    return DecodedImage(array, mode, size, orientation, frames)
+    return DecodedImage(array, mode, size, orientation, frames, _rgb_icc(im))
 
 
 def load_image(
@@ -471,14 +482,20 @@ def load_mask_file(uri: str, policy: MediaPolicy, size: tuple[int, int],
 
 
 def encode_image(array: np.ndarray, fmt: str = "png", *, metadata: dict[str, str] | None = None,
-                 quality: int = 95) -> bytes:
+                 quality: int = DEFAULT_QUALITY, parameters: str | None = None,
+                 icc_profile: bytes | None = None) -> bytes:
     """Encode uint8 (H, W), (H, W, 3) or (H, W, 4) to png | jpeg | webp; same input, same bytes.
 
     PNG stores ``metadata`` as tEXt (latin-1) or iTXt chunks; JPEG stores it as one COM
-    comment of ``key=value`` lines; WebP ignores it."""
+    comment of ``key=value`` lines; WebP ignores it. ``parameters`` (A1111-style generation
+    text, see editflow/infotext.py) goes where other tools look for it: the PNG ``parameters``
+    chunk, or EXIF UserComment in JPEG and WebP. ``icc_profile`` is embedded as given;
+    ``quality`` applies to JPEG and WebP only (PNG is lossless)."""
     fmt = {"jpg": "jpeg"}.get(fmt.lower(), fmt.lower())
     if fmt not in ("png", "jpeg", "webp"):
         raise MediaError(f"unsupported output format {fmt!r} (use png, jpeg or webp)")
+    if not 1 <= int(quality) <= 100:
+        raise MediaError(f"quality must be 1..100, got {quality}")
     a = np.asarray(array)
     if a.dtype != np.uint8:
         raise MediaError(f"encode_image expects uint8 pixels, got {a.dtype}")
@@ -491,7 +508,10 @@ def encode_image(array: np.ndarray, fmt: str = "png", *, metadata: dict[str, str
     im = Image.fromarray(np.ascontiguousarray(a))
     buf = io.BytesIO()
     meta = dict(sorted((metadata or {}).items()))
+    extra: dict[str, object] = {"icc_profile": icc_profile} if icc_profile else {}
     if fmt == "png":
+        if parameters is not None:
+            meta["parameters"] = parameters
         info = PngImagePlugin.PngInfo()
         for key, value in meta.items():
             if not 1 <= len(key) <= 79 or not key.isascii():
@@ -501,13 +521,29 @@ def encode_image(array: np.ndarray, fmt: str = "png", *, metadata: dict[str, str
                 info.add_text(key, str(value))
             except UnicodeEncodeError:
                 info.add_itxt(key, str(value))
-        im.save(buf, "PNG", pnginfo=info, compress_level=6)
-    elif fmt == "jpeg":
-        extra = {"comment": "\n".join(f"{k}={v}" for k, v in meta.items()).encode()} if meta else {}
+        im.save(buf, "PNG", pnginfo=info, compress_level=6, **extra)
+        return buf.getvalue()
+    if parameters is not None:
+        extra["exif"] = _exif_user_comment(parameters)
+    if fmt == "jpeg":
+        if meta:
+            extra["comment"] = "\n".join(f"{k}={v}" for k, v in meta.items()).encode()
         im.save(buf, "JPEG", quality=int(quality), **extra)
     else:
-        im.save(buf, "WEBP", quality=int(quality), method=4)
+        im.save(buf, "WEBP", quality=int(quality), method=4, **extra)
     return buf.getvalue()
+
+
+def _exif_user_comment(text: str) -> bytes:
+    """EXIF bytes holding ``text`` as UserComment: the 8-byte charset prefix, then ASCII or
+    UTF-16 big-endian (what A1111 writes and piexif's UserComment.load reads)."""
+    if text.isascii():
+        comment = b"ASCII\0\0\0" + text.encode("ascii")
+    else:
+        comment = b"UNICODE\0" + text.encode("utf-16-be")
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = comment
+    return exif.tobytes()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -24,6 +24,7 @@ from editflow import __version__, storage
 from editflow.config import RunConfig
 from editflow.engines import EditRequest, Engine, engine_target, get_engine_class
 from editflow.engines.base import composite_unmasked, unmasked_max_diff
+from editflow.infotext import format_infotext
 from editflow.manifest import EditRow, RowError, parse_row
 from editflow.masks import ops
 from editflow.masks.render import render_geometric
@@ -33,7 +34,8 @@ from editflow.media import (
 )
 
 Row = dict[str, Any]
-PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output")
+PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output", "_icc")
+BYTES_PAYLOAD_KEYS = ("_icc",)  # in-flight bytes (the input's ICC profile); the others are arrays
 MAX_ERROR_CHARS = 1000
 
 
@@ -123,6 +125,8 @@ class PrepareStage(Stage):
         data = read_bytes(uri, self.policy)
         decoded = decode_image(data, self.policy, name=edit.image)
         row["_image"] = decoded.array
+        if decoded.icc_profile:
+            row["_icc"] = decoded.icc_profile
         row["input_sha256"] = sha256_hex(data)
         row["height"], row["width"] = decoded.array.shape[:2]
         if edit.reference:
@@ -294,7 +298,8 @@ class WriteStage(Stage):
         started = time.perf_counter()
         fmt = self.config.output_format
         name = safe_output_name(row["id"], "." + ("jpg" if fmt == "jpeg" else fmt))
-        data = encode_image(row["_output"], fmt, metadata={"editflow": json.dumps(_parameters(row), sort_keys=True)})
+        data = encode_image(row["_output"], fmt, metadata={"editflow": json.dumps(_parameters(row), sort_keys=True)},
+                            parameters=format_infotext(row), icc_profile=row.get("_icc"), quality=self.config.quality)
         storage.write_bytes(storage.child(self.images, name), data)
         row["output"] = f"images/{name}"
         row["output_sha256"] = sha256_hex(data)
