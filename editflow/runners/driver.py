@@ -14,8 +14,9 @@ from editflow import __version__
 from editflow.config import RunConfig
 from editflow.manifest import Manifest
 from editflow.results import prepare_resume, results_dir, scan_results, summarize
-from editflow.runners.local import run_local, stderr_progress
+from editflow.runners.local import run_local
 from editflow.errors import EditflowError
+from editflow.progress import ProgressFn
 
 EXECUTORS = ("ray", "local")
 
@@ -31,9 +32,11 @@ def run_manifest(
     resume: bool = False,
     workers: int | None = None,
     rows_per_block: int = 8,
-    progress: bool = True,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json)."""
+    """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json).
+
+    `progress(rows_done, rows_total, ok, errors)` is called as rows complete (editflow.progress)."""
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     out = Path(config.out_dir)
@@ -51,11 +54,11 @@ def run_manifest(
     extra: dict[str, Any] = {}
     if table.num_rows:
         if executor == "local":
-            run_local(table.to_pylist(), config, progress=stderr_progress("editflow") if progress else None)
+            run_local(table.to_pylist(), config, progress=progress)
         else:
             from editflow.runners.ray import RayOptions, run_ray
 
-            extra = run_ray(table, config, RayOptions(workers=workers, rows_per_block=rows_per_block, progress=progress))
+            extra = run_ray(table, config, RayOptions(workers=workers, rows_per_block=rows_per_block))
     wall = time.perf_counter() - started
     run_info = {
         "run_id": config.run_id,
@@ -72,4 +75,7 @@ def run_manifest(
         **extra,
     }
     ids = manifest.table.column("id").to_pylist()
-    return summarize(out, ids, run_info)
+    summary = summarize(out, ids, run_info)
+    if progress and executor == "ray" and table.num_rows:  # until the Ray runner reports rows as they finish
+        progress(table.num_rows, table.num_rows, summary["status"]["ok"] - len(done), summary["status"]["error"])
+    return summary

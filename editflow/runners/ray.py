@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from editflow import logs
 from editflow.config import RunConfig
 from editflow.manifest import RAW_SCHEMA
 from editflow.results import RESULT_SCHEMA, results_dir, to_result_table
@@ -29,7 +30,6 @@ class RayOptions:
 
     workers: int | None = None
     rows_per_block: int = 8
-    progress: bool = True
     num_cpus: int | None = None  # embedded cluster only
 
 
@@ -61,12 +61,14 @@ def init_ray(options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(**logs.ray_init_kwargs())
+        logs.reroute_library_handlers()
         return False
     # Logical CPUs above the core count keep read/write tasks schedulable beside the actors
     # (Ray Data can starve tasks when actors hold every CPU).
     cpus = options.num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, **logs.ray_init_kwargs())
+    logs.reroute_library_handlers()  # ray.init set up its loggers on the terminal
     return True
 
 
@@ -79,7 +81,8 @@ def run_ray(raw_table: pa.Table, config: RunConfig, options: RayOptions) -> dict
     init_s = time.perf_counter() - started
     try:
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = options.progress
+        logs.reroute_library_handlers()  # importing ray.data set up its loggers
+        context.enable_progress_bars = False  # editflow's own bar counts rows (editflow.progress)
         context.max_errored_blocks = 0  # rows are never silently dropped; errors are per row
         gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = options.workers or max(1, gpus)
