@@ -199,7 +199,10 @@ class Editor:
     def _output(self, row: dict[str, Any]) -> EditOutput | EditFailed:
         if row["status"] != "ok":
             return EditFailed(_info(row))
+        from editflow.runners.stages import now_utc
+
         output, mask = row.pop("_output"), row.pop("_mask")
+        row["finished_at"] = now_utc()
         kept = {k: v for k, v in row.items() if not k.startswith("_")}
         return EditOutput(image=Image.fromarray(output), mask=_mask_image(mask), info=_info(row),
                           _row={**kept, "_output": output, "_mask": mask}, _editor=self)
@@ -318,6 +321,7 @@ class Summary:
     missing: int
     exit_code: int
     executor: str | None
+    run_id: str | None
     wall_s: float | None
     error_types: dict[str, int]
     error_examples: dict[str, str]
@@ -328,7 +332,7 @@ class Summary:
         status = data.get("status", {})
         return cls(out_dir=Path(out_dir), rows=data["rows"], ok=status.get("ok", 0), error=status.get("error", 0),
                    skipped=status.get("skipped", 0), missing=data.get("missing", 0), exit_code=data["exit_code"],
-                   executor=data.get("executor"), wall_s=data.get("wall_s"), error_types=data.get("error_types", {}),
+                   executor=data.get("executor"), run_id=data.get("run_id"), wall_s=data.get("wall_s"), error_types=data.get("error_types", {}),
                    error_examples=data.get("error_examples", {}), data=data)
 
     @classmethod
@@ -395,8 +399,8 @@ def run(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, executor
 def plan(manifest: str | os.PathLike | Manifest, engine: str | None = None, model: str | None = None,
          **settings: Any):
     """What `run` would do with a manifest (rows per task and engine, models and whether their
-    weights are here, masks by kind) without reading an image; see `editflow.plan.RunPlan`."""
-    from editflow.plan import make_plan
+    weights are here, masks by kind) without reading an image; see `editflow.run_plan.RunPlan`."""
+    from editflow.run_plan import make_plan
 
     table = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     return make_plan(table, engine=engine, model=model, sam_checkpoint=settings.get("sam_checkpoint"))

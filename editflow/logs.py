@@ -84,6 +84,13 @@ def reroute_library_handlers() -> None:
                 capture.moved.append((handler, handler.setStream(capture.handler.stream)))
 
 
+def _on_fd2(stream: Any) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
 def library_logs(path: str | os.PathLike | None, verbose: bool = False) -> Iterator[LibraryLog]:
     """Send library output to `path` (default: a temp file) for the duration; see the module doc."""
@@ -106,8 +113,11 @@ def library_logs(path: str | os.PathLike | None, verbose: bool = False) -> Itera
     sys.stdout.flush()
     sys.stderr.flush()
     saved_fd = os.dup(2)
+    # sys.stderr on fd 2 (a terminal, a pipe): editflow keeps a duplicate of it. Anything else
+    # (Jupyter's stream, pytest's capture) does not go through fd 2 and stays as it is.
+    owns_console = _on_fd2(sys.stderr)
     console = os.fdopen(os.dup(2), "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
-                        errors="replace")
+                        errors="replace") if owns_console else sys.stderr
     os.dup2(log_file.fileno(), 2)
     previous_stderr, sys.stderr = sys.stderr, console
     handler = logging.StreamHandler(log_file)
@@ -134,7 +144,8 @@ def library_logs(path: str | os.PathLike | None, verbose: bool = False) -> Itera
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
         sys.stderr = previous_stderr
-        console.close()
+        if owns_console:
+            console.close()
         log_file.close()
         if log_path.stat().st_size:
             print(f"editflow: library logs (MediaPipe, Ray, ...) in {log_path}; -v shows them live", file=sys.stderr)

@@ -58,17 +58,16 @@ def init_ray(options: RayOptions) -> bool:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    logs.reroute_library_handlers()  # importing ray set up its logger on the terminal
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**logs.ray_init_kwargs())
-        logs.reroute_library_handlers()
         return False
     # Logical CPUs above the core count keep read/write tasks schedulable beside the actors
     # (Ray Data can starve tasks when actors hold every CPU).
     cpus = options.num_cpus or max(4, os.cpu_count() or 1)
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, **logs.ray_init_kwargs())
-    logs.reroute_library_handlers()  # ray.init set up its loggers on the terminal
     return True
 
 
