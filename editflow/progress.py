@@ -14,6 +14,7 @@ The runners call a `ProgressFn` as rows complete: ``progress(rows_done, rows_tot
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from datetime import timedelta
@@ -78,7 +79,10 @@ class BarProgress:
     def __init__(self, stream: TextIO, label: str = "editflow") -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=None, desc=label, unit="rows", file=stream, dynamic_ncols=True, leave=True)
+        # a terminal that reports no size (a bare pty) would hide tqdm's bar: give it 100 x 24
+        size = shutil.get_terminal_size((100, 24))
+        self.bar = tqdm(total=None, desc=label, unit="rows", file=stream, ncols=size.columns, nrows=size.lines,
+                        leave=True)
 
     def __call__(self, rows_done: int, rows_total: int, ok: int, errors: int) -> None:
         bar = self.bar
