@@ -20,8 +20,10 @@ LOG_LINE = re.compile(r"^editflow: library logs \(MediaPipe, Ray, \.\.\.\) in (\
 
 
 def editflow_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """`editflow ARGS` in a fresh process (TMPDIR is `cwd` unless given: Ray needs a short one)."""
     environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    environ.update(PYTHONPATH=str(REPO), TMPDIR=str(cwd), RAY_USAGE_STATS_ENABLED="0", **env)
+    environ.update(PYTHONPATH=str(REPO), TMPDIR=str(cwd), RAY_USAGE_STATS_ENABLED="0")
+    environ.update(env)
     return subprocess.run([sys.executable, "-m", "editflow", *args], cwd=cwd, env=environ, capture_output=True,
                           text=True, timeout=900)
 
@@ -63,7 +65,8 @@ def test_ray_run_prints_only_editflow_lines(tmp_path):
     manifest = write_jsonl(tmp_path / "two.jsonl", [
         {"id": "one", "task": "inpaint", "engine": "opencv", "image": "a.png", "mask": "box:5,5,30,30"},
         {"id": "two", "task": "repaint", "image": "a.png", "mask": "box:10,10,40,30"}])
-    done = editflow_cli(["run", str(manifest), "-o", "out", "--executor", "ray"], tmp_path)
+    done = editflow_cli(["run", str(manifest), "-o", "out", "--executor", "ray"], tmp_path,
+                        TMPDIR=os.environ.get("TMPDIR", "/tmp"))
     assert done.returncode == 0, done.stderr
     assert foreign_lines(done.stderr) == []
     assert "editflow: 2/2 rows (100%)" in done.stderr and "ok 2, error 0" in done.stderr
