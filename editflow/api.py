@@ -38,13 +38,12 @@ from PIL import Image
 from editflow.config import RunConfig
 from editflow.errors import EditflowError
 from editflow.manifest import COLUMNS, Manifest, read_manifest
-from editflow.media import MediaError, atomic_write_bytes, sha256_hex
+from editflow.media import MediaError, sha256_hex
 from editflow.progress import ProgressFn, progress_reporter
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 #: edit() keywords that are manifest columns; any other keyword goes to the row's `params`
 ROW_OPTIONS = ("steps", "strength", "guidance_scale", "jump_length", "jump_n_sample", "mask_grow", "mask_feather")
-FORMAT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"out_dir", "base_dir", "run_id"}
 
 
@@ -68,15 +67,19 @@ class EditOutput:
     _row: dict[str, Any] = field(repr=False, default_factory=dict)
     _editor: Editor | None = field(repr=False, default=None)
 
-    def save(self, path: str | os.PathLike, output_format: str | None = None, **write_settings: Any) -> Path:
-        """Write the image as `editflow run` would (same encoder and metadata); format from the suffix."""
+    def save(self, path: str | os.PathLike, output_format: str | None = None, **write_settings: Any) -> str:
+        """Write the image as `editflow run` would (same encoder, metadata and ICC profile) to a path
+        or storage URI; the format comes from the name (`output_format` may repeat, not contradict it).
+        `write_settings`: RunConfig write settings such as quality."""
+        from editflow import storage
+        from editflow.config import format_for_path
+
         assert self._editor is not None
-        target = Path(path)
-        fmt = output_format or FORMAT_SUFFIXES.get(target.suffix.lower(), "png")
-        data = self._editor._encode(self, fmt, write_settings)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, data)
-        self.info.update(output=str(target), output_sha256=sha256_hex(data))
+        target = os.fspath(path)
+        data = self._editor._encode(self, format_for_path(target, output_format), write_settings)
+        storage.makedirs(storage.parent(target))
+        storage.write_bytes(target, data)
+        self.info.update(output=target, output_sha256=sha256_hex(data))
         return target
 
 
@@ -203,8 +206,11 @@ class Editor:
 
         output, mask = row.pop("_output"), row.pop("_mask")
         row["finished_at"] = now_utc()
-        kept = {k: v for k, v in row.items() if not k.startswith("_")}
-        return EditOutput(image=Image.fromarray(output), mask=_mask_image(mask), info=_info(row),
+        kept = {k: v for k, v in row.items() if k not in ("_image", "_reference")}  # _icc stays for save()
+        image = Image.fromarray(output)
+        if row.get("_icc"):
+            image.info["icc_profile"] = row["_icc"]  # PIL's save() keeps it
+        return EditOutput(image=image, mask=_mask_image(mask), info=_info(row),
                           _row={**kept, "_output": output, "_mask": mask}, _editor=self)
 
     def _encode(self, output: EditOutput, fmt: str, write_settings: dict[str, Any]) -> bytes:
@@ -313,7 +319,7 @@ def make_mask(image: ImageInput, spec: str | ImageInput = "auto", task: str = "i
 class Summary:
     """What a run ended with (OUT/summary.json): counts, exit code and where things are."""
 
-    out_dir: Path
+    out_dir: str  # a local folder or a storage URI
     rows: int
     ok: int
     error: int
@@ -330,7 +336,7 @@ class Summary:
     @classmethod
     def from_dict(cls, data: dict[str, Any], out_dir: str | os.PathLike) -> Summary:
         status = data.get("status", {})
-        return cls(out_dir=Path(out_dir), rows=data["rows"], ok=status.get("ok", 0), error=status.get("error", 0),
+        return cls(out_dir=os.fspath(out_dir), rows=data["rows"], ok=status.get("ok", 0), error=status.get("error", 0),
                    skipped=status.get("skipped", 0), missing=data.get("missing", 0), exit_code=data["exit_code"],
                    executor=data.get("executor"), run_id=data.get("run_id"), wall_s=data.get("wall_s"), error_types=data.get("error_types", {}),
                    error_examples=data.get("error_examples", {}), data=data)
@@ -338,40 +344,49 @@ class Summary:
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> Summary:
         """The summary of a finished run in `out_dir`."""
-        path = Path(out_dir) / "summary.json"
+        from editflow import storage
+
+        path = storage.join(out_dir, "summary.json")
         try:
-            return cls.from_dict(json.loads(path.read_text()), out_dir)
+            return cls.from_dict(json.loads(storage.read_bytes(path)), out_dir)
         except (OSError, ValueError, KeyError) as exc:
             raise EditflowError(f"no readable run summary at {path}: {exc}") from None
 
-    @property
-    def images(self) -> Path:
-        return self.out_dir / "images"
+    def _join(self, name: str) -> str:
+        from editflow import storage
+
+        return storage.join(self.out_dir, name)
 
     @property
-    def results(self) -> Path:
-        return self.out_dir / "results"
+    def images(self) -> str:
+        return self._join("images")
 
     @property
-    def summary_path(self) -> Path:
-        return self.out_dir / "summary.json"
+    def results(self) -> str:
+        return self._join("results")
 
     @property
-    def log_path(self) -> Path:
-        from editflow.logs import RUN_LOG
+    def summary_path(self) -> str:
+        return self._join("summary.json")
 
-        return self.out_dir / RUN_LOG
+    @property
+    def report(self) -> str:
+        """Where `editflow report` / `run --report` writes the HTML contact sheet."""
+        return self._join("report/index.html")
 
 
 def run(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, executor: str = "ray", resume: bool = False,
         *, engine: str | None = None, model: str | None = None, device: str | None = None,
         workers: int | None = None, rows_per_block: int = 8, progress: bool | ProgressFn | None = True,
-        progress_interval: float | None = None, verbose: bool = False, **settings: Any) -> Summary:
+        progress_interval: float | None = None, verbose: bool = False, force_unlock: bool = False,
+        **settings: Any) -> Summary:
     """Edit every row of a manifest into `out` (as `editflow run`); return its `Summary`.
 
     `progress`: True for the bar (on a terminal) or a plain line every `progress_interval` seconds on
-    stderr, False for none, or your own ``fn(rows_done, rows_total, ok, errors)``. Library logs go to OUT/logs/libraries.log unless
-    `verbose`. Other keywords are `RunConfig` settings (batch_size, cpu_threads, output_format...).
+    stderr, False for none, or your own ``fn(rows_done, rows_total, ok, errors)``. Library logs go to
+    OUT/logs/libraries.log unless `verbose`. `force_unlock` takes OUT's lease even from a run that
+    seems alive. Other keywords are `RunConfig` settings (batch_size, cpu_threads, output_format,
+    quality...).
     Raises `RunError` / `ManifestError` (both `EditflowError`) when the run cannot start."""
     from editflow.logs import default_log_path, library_logs
     from editflow.runners.driver import run_manifest
@@ -388,7 +403,7 @@ def run(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, executor
         own = progress_reporter(interval=progress_interval) if progress is True else None  # made here: it writes to the terminal
         try:
             data = run_manifest(table, config, executor=executor, resume=resume, workers=workers,
-                                rows_per_block=rows_per_block,
+                                rows_per_block=rows_per_block, force_unlock=force_unlock,
                                 progress=own or (progress if callable(progress) else None))
         finally:
             if own is not None:

@@ -13,13 +13,19 @@ import os
 import sys
 from pathlib import Path
 
-from editflow import __version__
+from editflow import __version__, storage
 from editflow.config import OUTPUT_FORMATS
 from editflow.engines import DEFAULT_ENGINE, engine_names
 from editflow.errors import EditflowError
 from editflow.manifest import TASKS, RowError, parse_row, read_manifest
 
 EXIT_OK, EXIT_FATAL, EXIT_ROW_ERRORS = 0, 1, 2
+
+
+def _quality(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"quality must be a whole number 1-100, got {text!r}")
+    return int(text)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +36,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-threads", type=int, default=None,
                         help="torch threads for CPU edits (default: all cores; the same count gives the same bytes)")
     parser.add_argument("--format", dest="output_format", default="png", choices=OUTPUT_FORMATS,
-                        help="output image format (default png; PNG carries the row's parameters)")
+                        help="output image format (default png, or the -o name's extension for edit)")
+    parser.add_argument("--quality", type=_quality, default=None,
+                        help="JPEG/WebP quality 1-100 (default 95; PNG is lossless)")
     parser.add_argument("--sam-checkpoint", default=os.environ.get("EDITFLOW_SAM_CHECKPOINT"),
                         help="segment-anything checkpoint file or folder for sam: masks (env EDITFLOW_SAM_CHECKPOINT)")
     parser.add_argument("--sam-model-type", default="vit_b", help="vit_b (default), vit_l or vit_h")
@@ -64,15 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Edit every row of MANIFEST (Parquet, CSV or JSONL). Images go to OUT/images, "
                                      "masks to OUT/masks, one result row per manifest row to OUT/results/*.parquet, "
                                      "and OUT/summary.json closes the run.")
-    run.add_argument("manifest", help="manifest file (.parquet, .csv, .jsonl)")
-    run.add_argument("-o", "--out", required=True, help="output folder")
+    run.add_argument("manifest", help="manifest file (.parquet, .csv, .jsonl): a path or a URI (s3://, gs://, ...)")
+    run.add_argument("-o", "--out", required=True, help="output folder: a path or a URI (s3://bucket/prefix, gs://...)")
     run.add_argument("--executor", default="ray", choices=("ray", "local"),
                      help="ray (default; embedded local cluster unless RAY_ADDRESS is set) or local (in-process)")
     run.add_argument("--workers", type=int, default=None, help="edit actors on Ray (default: one per GPU, or 1)")
     run.add_argument("--batch-size", type=int, default=4, help="rows per engine call (default 4)")
     run.add_argument("--rows-per-block", type=int, default=8,
                      help="rows per Ray block: the unit of retry and failure (default 8)")
-    run.add_argument("--resume", action="store_true", help="skip rows already ok in OUT and re-run the rest")
+    run.add_argument("--resume", action="store_true",
+                     help="skip rows already ok in OUT and re-run the rest; takes over the lease of a run that died")
+    run.add_argument("--force-unlock", action="store_true",
+                     help="take OUT's lease even if another run seems alive (only when you know it is not)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--progress-interval", type=float, default=None, metavar="S",
                      help="seconds between progress lines when stderr is not a terminal "
@@ -80,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (rows per task and engine, models and whether their weights are here, "
                           "masks to compute) and exit without editing or writing anything")
+    run.add_argument("--report", action="store_true", help="also write the HTML report (OUT/report/index.html)")
     _add_verbose(run)
     _add_common(run)
 
@@ -129,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     tryon.add_argument("-o", "--out", required=True, help="manifest to write (.parquet, .csv or .jsonl)")
     tryon.set_defaults(func=cmd_manifest_tryon)
 
+    report = sub.add_parser("report", help="write an HTML contact sheet of a run: OUT/report/index.html",
+                            description="Write OUT/report/index.html (and page-2.html, ...): the run's counts, then "
+                                        "one row per result (errors first) with input | mask overlay | output "
+                                        "thumbnails, settings and timings, filterable by status, task and engine. "
+                                        "OUT may be a local folder or an s3:// / gs:// URI.")
+    report.add_argument("out", help="the run's output folder (what run -o wrote)")
+    report.add_argument("--page-size", type=int, default=None, help="rows per page (default 200)")
+    report.add_argument("--workers", type=int, default=4, help="threads making thumbnails (default 4)")
+    report.set_defaults(func=cmd_report)
+
     from editflow import models_cli
     from editflow.masks import preview as masks_preview
 
@@ -173,7 +195,7 @@ def _settings(args: argparse.Namespace) -> dict:
         cpu_threads=args.cpu_threads, allowed_schemes=("file", *args.allow_scheme),
         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
         sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, sam_refine=args.sam_refine,
-        cache=args.cache,
+        cache=args.cache, **({} if args.quality is None else {"quality": args.quality}),
     )
 
 
@@ -187,8 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = api.run(
         args.manifest, args.out, executor=args.executor, resume=args.resume, engine=args.engine, model=args.model,
         device=args.device, workers=args.workers, rows_per_block=args.rows_per_block, progress=not args.quiet,
-        progress_interval=args.progress_interval, verbose=args.verbose, batch_size=args.batch_size,
-        output_format=args.output_format, **_settings(args),
+        progress_interval=args.progress_interval, verbose=args.verbose, force_unlock=args.force_unlock,
+        batch_size=args.batch_size, output_format=args.output_format, **_settings(args),
     )
     print(f"editflow: {summary.rows} rows: {summary.ok} ok, {summary.error} error, "
           f"{summary.missing} missing ({summary.wall_s} s, {args.executor})")
@@ -198,16 +220,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     for error_type, count in summary.error_types.items():
         example = summary.error_examples.get(error_type, "")
         print(f"editflow: {count} x {error_type}: {example}", file=sys.stderr)
+    if args.report:
+        return max(summary.exit_code, _write_report(args.out, "  report:  "))
     return summary.exit_code
+
+
+def _write_report(out: str, label: str, **options) -> int:
+    from editflow.report import ReportError, build_report
+
+    try:
+        report = build_report(out, **options)
+    except ReportError as exc:
+        print(f"editflow: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(f"{label}{report.index} ({report.rows} rows, {report.pages} page{'s' * (report.pages != 1)}, "
+          f"{report.thumbs_written} new thumbnails)")
+    for location in report.unreadable_files:
+        print(f"editflow: left out an unreadable result file: {location}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    options = {} if args.page_size is None else {"page_size": args.page_size}
+    return _write_report(args.out, "editflow: report ", workers=args.workers, **options)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     import numpy as np
 
     from editflow import api
+    from editflow.config import format_for_path
     from editflow.media import atomic_write_bytes, encode_image
 
     target = Path(args.out)
+    fmt = format_for_path(args.out, args.output_format)  # before any work: a contradiction is an error
     options = {k: v for k, v in {
         "steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance_scale,
         "jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample, "mask_grow": args.mask_grow,
@@ -220,7 +266,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         except api.EditFailed as exc:
             print(f"editflow: {exc.stage} failed: {exc.info.get('error_message')}", file=sys.stderr)
             return EXIT_ROW_ERRORS
-        output.save(target, output_format=args.output_format)
+        output.save(target, output_format=fmt)
         if args.save_mask:
             atomic_write_bytes(args.save_mask, encode_image(np.asarray(output.mask), "png"))
     row = output.info
@@ -248,7 +294,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from editflow.media import MediaError, MediaPolicy, check_uri_allowed, decode_image, read_bytes, resolve_uri
 
     manifest = read_manifest(args.manifest)
-    policy = MediaPolicy(allowed_schemes=frozenset(("file", *args.allow_scheme)),
+    # a manifest read from a URI lets its rows use that scheme (see runners/driver.with_manifest_scheme)
+    policy = MediaPolicy(allowed_schemes=frozenset(("file", *args.allow_scheme, storage.scheme(manifest.base_dir))),
                          allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels)
     bad = 0
     for raw in manifest.rows():
