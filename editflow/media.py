@@ -563,14 +563,10 @@ def safe_output_name(row_id: str, suffix: str) -> str:
 
 
 def safe_join(root: str | os.PathLike, name: str) -> pathlib.Path:
-    """``root / name`` resolved; refuses absolute names, NUL bytes and anything that
-    resolves outside ``root`` (including through symlinks) with ``MediaError``."""
-    if not name or "\x00" in name:
-        raise MediaError(f"bad path name {name!r}")
-    if pathlib.PurePath(name).is_absolute() or pathlib.PureWindowsPath(name).drive:
-        raise MediaError(f"refusing absolute path {name!r} (must be relative to {root})")
-    base = pathlib.Path(root).resolve()
-    target = (base / name).resolve()
-    if target == base or not target.is_relative_to(base):
-        raise MediaError(f"refusing path {name!r}: it resolves outside {base}")
-    return target
+    """``root / name`` resolved for a local ``root``; refuses absolute names, NUL bytes and anything
+    that resolves outside ``root`` (including through symlinks) with ``MediaError``
+    (``editflow.storage.child`` does the check, for URIs too)."""
+    try:
+        return pathlib.Path(storage.child(root, name))
+    except storage.StorageError as exc:
+        raise MediaError(str(exc)) from None

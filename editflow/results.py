@@ -93,7 +93,7 @@ class ResultScan:
     """What OUT/results holds: sound files, unreadable ones, and each id's winning row.
 
     `table` has the scanned columns plus `_file` (index into `files`) and `_row` (row in that file),
-    one row per id, sorted by id.
+    one row per id.
     """
 
     files: list[str]
@@ -158,17 +158,28 @@ def _is_ok(table: pa.Table) -> pa.ChunkedArray:
 
 
 def _latest_per_id(table: pa.Table) -> pa.Table:
-    """One row per id (sorted by id): ok first, then latest finish, then the later file and row."""
+    """One row per id: ok first, then the latest finish, then the later file and row.
+
+    Ids seen once (the usual case) are kept by a hash pass; only rows of ids seen more than once
+    are sorted to pick their winner.
+    """
     if table.num_rows == 0:
         return table
-    ranked = table.append_column("_ok", _is_ok(table)).sort_by(
+    ids = table.column("id")
+    counts = pc.value_counts(ids)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(repeated) == 0:
+        return table
+    is_repeated = pc.is_in(ids, value_set=repeated)
+    contested = table.filter(is_repeated)
+    ranked = contested.append_column("_ok", _is_ok(contested)).sort_by(
         [("id", "ascending"), ("_ok", "descending"), ("finished_at", "descending"),
          (_FILE, "descending"), (_ROW, "descending")])  # nulls sort last (pyarrow default): earliest
-    ids = ranked.column("id").combine_chunks()
-    first = np.ones(len(ids), dtype=bool)
-    if len(ids) > 1:
-        first[1:] = pc.not_equal(ids[1:], ids[:-1]).fill_null(True).to_numpy(zero_copy_only=False)
-    return ranked.filter(pa.array(first)).drop_columns(["_ok"])
+    ranked_ids = ranked.column("id").combine_chunks()
+    first = np.ones(len(ranked_ids), dtype=bool)
+    first[1:] = pc.not_equal(ranked_ids[1:], ranked_ids[:-1]).fill_null(True).to_numpy(zero_copy_only=False)
+    winners = ranked.filter(pa.array(first)).drop_columns(["_ok"])
+    return pa.concat_tables([table.filter(pc.invert(is_repeated)), winners])
 
 
 def prepare_resume(out_dir: str | os.PathLike, run_id: str) -> pa.Array:
@@ -188,15 +199,20 @@ def prepare_resume(out_dir: str | os.PathLike, run_id: str) -> pa.Array:
     file_of = keep.column(_FILE).to_numpy()
     rows_of = keep.column(_ROW).to_numpy()
     bounds = np.searchsorted(file_of, np.arange(len(scan.files) + 1))
-    for index, location in enumerate(scan.files):
-        kept = rows_of[bounds[index]:bounds[index + 1]]
-        if len(kept) == scan.file_rows[index]:
-            continue  # every row of this file is a winning ok row
+    # files whose every row is a winning ok row stay as they are; the others are rewritten
+    plan = [(location, rows_of[bounds[i]:bounds[i + 1]]) for i, location in enumerate(scan.files)
+            if bounds[i + 1] - bounds[i] != scan.file_rows[i]]
+
+    def rewrite(item: tuple[str, np.ndarray]) -> None:
+        location, kept = item
         if len(kept):
-            filesystem, path = storage.resolve(location)
-            whole = _conform(pq.read_table(path, filesystem=filesystem), RESULT_COLUMNS)
+            with storage.open_input_file(location) as f:
+                whole = _conform(pq.ParquetFile(f).read(), RESULT_COLUMNS)
             write_result_table(out_dir, whole.take(pa.array(kept)), f"{run_id}-resume")
-        storage.delete(location)
+
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        list(pool.map(rewrite, plan))  # every survivor is written (and synced) before any original goes
+        list(pool.map(lambda item: storage.delete(item[0]), plan))
     return keep.column("id").combine_chunks() if keep.num_rows else pa.array([], pa.string())
 
 

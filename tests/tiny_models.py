@@ -146,11 +146,12 @@ def save_tiny_models(root: Path) -> dict[str, Path]:
     * ``sd``: StableDiffusionPipeline, 4-channel UNet
     * ``sdxl-inpaint``: StableDiffusionXLInpaintPipeline, 9-channel UNet
     * ``sdxl``: StableDiffusionXLPipeline, 4-channel UNet
+    * ``sd-pix2pix``: StableDiffusionInstructPix2PixPipeline, 8-channel UNet (CatVTON's mask-free base)
     * ``ddpm``: DDPMPipeline layout (unet/ + scheduler/), linear betas, 1000 train steps
     """
     from diffusers import (
-        DDPMPipeline, DDPMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
-        StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
+        DDPMPipeline, DDPMScheduler, StableDiffusionInpaintPipeline, StableDiffusionInstructPix2PixPipeline,
+        StableDiffusionPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
     )
 
     root = Path(root)
@@ -162,6 +163,8 @@ def save_tiny_models(root: Path) -> dict[str, Path]:
         "sd": lambda: StableDiffusionPipeline(**tiny_sd_components(4, tok, seed=10), **no_safety),
         "sdxl-inpaint": lambda: StableDiffusionXLInpaintPipeline(**tiny_sdxl_components(9, tok, seed=20)),
         "sdxl": lambda: StableDiffusionXLPipeline(**tiny_sdxl_components(4, tok, seed=30)),
+        "sd-pix2pix": lambda: StableDiffusionInstructPix2PixPipeline(**tiny_sd_components(8, tok, seed=60),
+                                                                     **no_safety),
         "ddpm": lambda: DDPMPipeline(unet=tiny_ddpm_unet(seed=40), scheduler=DDPMScheduler(num_train_timesteps=1000)),
     }
     for name, build in builds.items():

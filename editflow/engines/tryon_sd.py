@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.engines.crop import CropPlan, plan_crop
+from editflow.engines.frame import FramePlan, parse_resolution, plan_frame
 from editflow.engines.ipadapter import EmbeddingCache, IPAdapterSDEngine, RefJob, pad_to_square, sampler_settings
 from editflow.engines.latent import LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.sd import check_request, generators, open_sd_model
@@ -73,7 +74,12 @@ TASKS = frozenset({"tryon"})
 _GARMENT_WORDS = {"upper": "an upper-body garment", "lower": "a lower-body garment", "dress": "a dress"}
 DEFAULT_STEPS = 30
 IPADAPTER_GUIDANCE = 7.5
+#: CatVTON's sampler: 50 DDIM steps, eta 1.0, guidance 2.5 (the paper's best range 2.5-3.5)
 CONCAT_GUIDANCE = 2.5
+CONCAT_STEPS = 50
+CONCAT_ETA = 1.0
+#: concatenation axis -> latent dim (CatVTON concatenates along height)
+CONCAT_AXES = {"height": -2, "width": -1}
 
 
 def default_prompt(category: str) -> str:
@@ -269,47 +275,77 @@ def garment_window(reference: np.ndarray, height: int, width: int, fill: int = 2
 
 @dataclass
 class ConcatCondition:
-    """Per-row inputs of the side-by-side UNet (latent size, person and garment halves)."""
+    """Per-row inputs of the concatenated UNet (latent size: person and garment halves along `dim`)."""
 
-    mask: torch.Tensor  # [B, 1, h, w + wg]: person mask | 0
-    masked_latents: torch.Tensor  # [B, 4, h, w + wg]: masked person | garment
+    mask: torch.Tensor | None  # [B, 1, ...]: person mask | 0; None = mask-free (8-channel UNet)
+    cond_latents: torch.Tensor  # [B, 4, ...]: masked person (mask-free: the person) | garment
     uncond_latents: torch.Tensor | None  # garment half zeroed; None = no guidance
     guidance_scale: float = 1.0
 
 
 class ConcatDenoiser(LatentUNetDenoiser):
-    """The inpainting UNet over ``[person | garment]`` latents; the sampler sees the person image only."""
+    """The UNet over person and garment latents concatenated along height (``dim=-2``, CatVTON's
+    layout) or width (``dim=-1``); the sampler sees the person image only.
 
-    def __init__(self, base: LatentUNetDenoiser, garments: torch.Tensor, cross_attention_dim: int) -> None:
-        super().__init__(base.unet, base.vae, base.model_prediction, base.rows_per_call)
-        self.garments = garments  # [B, 4, h, wg]
+    9-channel inpainting UNets take ``[x, mask | 0, masked person | garment]``; 8-channel
+    (InstructPix2Pix-based, CatVTON's mask-free variant) take ``[x, person | garment]``.
+    """
+
+    channels = (8, 9)
+
+    def __init__(self, unet: Any, vae: Any, prediction_type: str = "epsilon", rows_per_call: int | None = None,
+                 garments: torch.Tensor | None = None, cross_attention_dim: int = 768, dim: int = -2) -> None:
+        super().__init__(unet, vae, prediction_type, rows_per_call)
+        if dim not in (-2, -1):
+            raise ValueError(f"dim must be -2 (height) or -1 (width), got {dim}")
+        self.garments = garments  # [B, 4, h, w] latents of the garment windows
         self.cross_attention_dim = int(cross_attention_dim)
+        self.dim = dim
+
+    def with_garments(self, garments: torch.Tensor, dim: int) -> ConcatDenoiser:
+        return ConcatDenoiser(self.unet, self.vae, self.model_prediction, self.rows_per_call, garments,
+                              self.cross_attention_dim, dim)
 
     @property
-    def garment_width(self) -> int:
-        return int(self.garments.shape[-1])
+    def mask_free(self) -> bool:
+        return self.in_channels == 8
+
+    @property
+    def garment_extent(self) -> int:
+        return int(self.garments.shape[self.dim])
+
+    def _join(self, person: torch.Tensor, garment: torch.Tensor) -> torch.Tensor:
+        return torch.cat([person, garment.to(person)], dim=self.dim)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        person = super().encode(images)
-        return torch.cat([person, self.garments.to(person)], dim=-1)
+        return self._join(super().encode(images), self.garments)
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        return super().decode(samples[..., : samples.shape[-1] - self.garment_width])
+        return super().decode(samples.narrow(self.dim, 0, samples.shape[self.dim] - self.garment_extent))
 
     def mask_to_space(self, masks: torch.Tensor) -> torch.Tensor:
         m = super().mask_to_space(masks)
-        return torch.cat([m, m.new_zeros(*m.shape[:-1], self.garment_width)], dim=-1)
+        shape = list(m.shape)
+        shape[self.dim] = self.garment_extent
+        return self._join(m, m.new_zeros(shape))
 
     def condition(self, images: torch.Tensor, masks: torch.Tensor, guidance: float) -> ConcatCondition:
-        binary = (masks > 0).to(images.dtype)  # as LatentUNetDenoiser.inpaint_inputs, person half only
-        h, w = images.shape[-2] // self.scale_factor, images.shape[-1] // self.scale_factor
-        mask = F.interpolate(binary, size=(h, w))
-        masked = LatentUNetDenoiser.encode(self, images * (1 - binary))
-        garments = self.garments.to(masked)
-        full_mask = torch.cat([mask, mask.new_zeros(*mask.shape[:-1], self.garment_width)], dim=-1)
-        cond = torch.cat([masked, garments], dim=-1)
-        uncond = torch.cat([masked, torch.zeros_like(garments)], dim=-1) if guidance > 1.0 else None
-        return ConcatCondition(full_mask, cond, uncond, guidance)
+        garments = self.garments.to(images)
+        if self.mask_free:  # no mask channel: the whole person is the condition
+            mask, person = None, LatentUNetDenoiser.encode(self, images)
+        else:  # as LatentUNetDenoiser.inpaint_inputs, person half only
+            binary = (masks > 0).to(images.dtype)
+            h, w = images.shape[-2] // self.scale_factor, images.shape[-1] // self.scale_factor
+            mask, person = F.interpolate(binary, size=(h, w)), LatentUNetDenoiser.encode(self, images * (1 - binary))
+            shape = list(mask.shape)
+            shape[self.dim] = self.garment_extent
+            mask = self._join(mask, mask.new_zeros(shape))
+        cond = self._join(person, garments)
+        uncond = self._join(person, torch.zeros_like(garments)) if guidance > 1.0 else None
+        return ConcatCondition(mask, cond, uncond, guidance)
+
+    def unet_inputs(self, x: torch.Tensor, mask: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, latents.to(x)] if mask is None else [x, mask.to(x), latents.to(x)], dim=1)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: ConcatCondition) -> torch.Tensor:
         c = condition
@@ -317,10 +353,11 @@ class ConcatDenoiser(LatentUNetDenoiser):
         dtype, device = self.unet.dtype, self.unet.device
         outs = []
         for sl in chunks(x_t.shape[0], self.rows_per_call):
-            x, m, ts = x_t[sl], c.mask[sl].to(x_t), t[sl]
-            inp = torch.cat([x, m, c.masked_latents[sl].to(x)], dim=1)
+            x, ts = x_t[sl], t[sl]
+            m = None if c.mask is None else c.mask[sl]
+            inp = self.unet_inputs(x, m, c.cond_latents[sl])
             if cfg:  # [unconditional (garment zeroed), conditional]
-                inp = torch.cat([torch.cat([x, m, c.uncond_latents[sl].to(x)], dim=1), inp])
+                inp = torch.cat([self.unet_inputs(x, m, c.uncond_latents[sl]), inp])
                 ts = torch.cat([ts, ts])
             states = torch.zeros(inp.shape[0], 1, self.cross_attention_dim, device=device, dtype=dtype)
             out = self.unet(inp.to(device=device, dtype=dtype), ts.to(device), encoder_hidden_states=states).sample.float()
@@ -332,7 +369,7 @@ class ConcatDenoiser(LatentUNetDenoiser):
 class ConcatJob:
     index: int
     request: EditRequest
-    plan: CropPlan
+    plan: CropPlan | FramePlan
     image: torch.Tensor
     mask: torch.Tensor
     settings: dict[str, Any]
@@ -344,11 +381,12 @@ class ConcatJob:
     def key(self) -> tuple:
         s = self.settings
         return (self.plan.proc_size, s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"],
-                self.attention, self.extra.get("cross"))
+                self.attention, self.extra.get("cross"), self.extra.get("axis"))
 
 
 class ConcatTryOnEngine(JobEngine):
-    """CatVTON-style try-on: person and garment latents side by side in one inpainting UNet."""
+    """CatVTON-style try-on: person and garment latents concatenated in one UNet (inpainting, or
+    InstructPix2Pix-based for the mask-free variant)."""
 
     name = "concat"
     tasks = TASKS
@@ -360,9 +398,10 @@ class ConcatTryOnEngine(JobEngine):
         unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
         if unet is None or vae is None:
             raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
-        if int(unet.config.in_channels) != 9:
-            raise EngineError(f"engine concat needs an SD inpainting checkpoint (9-channel UNet); {model!r} has "
-                              f"{unet.config.in_channels} input channels")
+        if int(unet.config.in_channels) not in (8, 9):
+            raise EngineError(f"engine concat needs an SD inpainting checkpoint (9-channel UNet), or for the mask-free "
+                              f"variant an InstructPix2Pix one (8-channel); {model!r} has {unet.config.in_channels} "
+                              "input channels")
         if getattr(pipe, "text_encoder_2", None) is not None or unet.config.addition_embed_type is not None:
             raise EngineError("engine concat runs SD 1.x/2.x inpainting UNets, not SDXL")
         for name in ("text_encoder", "text_encoder_2", "safety_checker"):  # no text: free the memory
@@ -371,14 +410,17 @@ class ConcatTryOnEngine(JobEngine):
         self.switches = apply_switches(pipe, self.runtime, self.device)
         self.unet, self.vae, self.schedule = unet.eval(), vae.eval(), dict(pipe.scheduler.config)
         self.rows_per_call = self.runtime.rows_per_call(self.device)
-        self.base = LatentUNetDenoiser(unet, vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
-                                       self.rows_per_call)
+        cross = unet.config.cross_attention_dim
+        self.cross_attention_dim = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
+        self.base = ConcatDenoiser(unet, vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
+                                   self.rows_per_call, cross_attention_dim=self.cross_attention_dim)
         sample = unet.config.sample_size
         sample = sample[0] if isinstance(sample, (list, tuple)) else sample
         self.resolution = int(sample) * self.base.scale_factor
         self.multiple = max(8, self.base.scale_factor)
-        cross = unet.config.cross_attention_dim
-        self.cross_attention_dim = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
+        #: CatVTON's frame: 3:4 (width:height) at the model's resolution, e.g. 512x384 on SD 1.5
+        self.frame_size = (self.resolution, self.resolution * 3 // 4 // self.multiple * self.multiple)
+        self.mask_free = self.base.mask_free
         self._processors = dict(unet.attn_processors)
         self._cross_mode: str | None = None
         self._original = {k: v.detach().clone() for k, v in attention_parameters(unet).items()}
@@ -392,8 +434,8 @@ class ConcatTryOnEngine(JobEngine):
         if not spec:
             raise EngineError(
                 "engine concat needs self-attention weights: params.attention (or the engine option `attention`) = "
-                "a .safetensors file of the inpainting UNet's attn1 parameters trained for side-by-side try-on; "
-                "`none` runs the base UNet unchanged")
+                "a .safetensors file of the inpainting UNet's attn1 parameters trained for concatenated try-on "
+                "(e.g. CatVTON's mix-48k-1024/attention/model.safetensors); `none` runs the base UNet unchanged")
         return str(spec)
 
     def set_attention(self, spec: str) -> None:
@@ -420,21 +462,48 @@ class ConcatTryOnEngine(JobEngine):
         self.unet.set_attn_processor(procs)
         self._cross_mode = mode
 
+    def _option(self, params: dict[str, Any], key: str, default: Any) -> Any:
+        value = params.get(key, self.options.get(key))
+        return default if value is None else value
+
+    def plan(self, request: EditRequest) -> CropPlan | FramePlan:
+        """CatVTON's frame (``params.frame`` true, the default) or the `sd` engine's window around the mask."""
+        p = request.params or {}
+        if not _flag(self._option(p, "frame", True), "frame"):
+            return plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
+                             float(p.get("context", 0.5)))
+        try:
+            size = parse_resolution(self._option(p, "resolution", self.frame_size), self.multiple)
+        except ValueError as exc:
+            raise EngineError(f"params.resolution: {exc}") from None
+        return plan_frame(request.mask, *size, context=float(p.get("context", 0.1)))
+
     # -- batch -----------------------------------------------------------------------------
 
     def _prepare(self, index: int, request: EditRequest) -> ConcatJob:
         check_tryon(request, self.name)
         p = request.params or {}
-        cross = str(p.get("cross_attention", self.options.get("cross_attention", "skip"))).lower()
+        cross = str(self._option(p, "cross_attention", "skip")).lower()
         if cross not in ("skip", "zeros"):
             raise EngineError(f"params.cross_attention must be skip or zeros, got {cross!r}")
-        plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
-                         float(p.get("context", 0.5)))
-        settings = sampler_settings(request, CONCAT_GUIDANCE, DEFAULT_STEPS)
+        axis = str(self._option(p, "concat_axis", "height")).lower()
+        if axis not in CONCAT_AXES:
+            raise EngineError(f"params.concat_axis must be height or width, got {axis!r}")
+        mask_free = p.get("mask_free")
+        if mask_free is not None and _flag(mask_free, "mask_free") != self.mask_free:
+            raise EngineError(
+                "params.mask_free: true needs the mask-free checkpoint's base, an InstructPix2Pix model (8-channel UNet, "
+                "e.g. timbrooks/instruct-pix2pix with CatVTON-MaskFree attention)" if not self.mask_free else
+                f"model {self.model!r} is an InstructPix2Pix (8-channel) UNet: it runs mask-free only")
+        plan = self.plan(request)
+        settings = sampler_settings(request, CONCAT_GUIDANCE, CONCAT_STEPS, default_eta=CONCAT_ETA)
         fill = int(p.get("garment_fill", 255))
-        job = ConcatJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), settings,
+        mask = plan.mask(request.mask)
+        if self.mask_free:  # the model redraws the whole frame; the edit stage keeps only the row's mask
+            mask = torch.ones_like(mask)
+        job = ConcatJob(index, request, plan, plan.image(request.image), mask, settings,
                         self._attention_spec(request), fill)
-        job.extra["cross"] = cross
+        job.extra.update(cross=cross, axis=axis)
         return job
 
     def garment_latents(self, job: ConcatJob) -> torch.Tensor:
@@ -443,7 +512,7 @@ class ConcatTryOnEngine(JobEngine):
 
         def make() -> torch.Tensor:
             window = garment_window(job.request.reference, h, w, job.fill).to(torch.device(self.device))
-            return self.base.encode(window).cpu()
+            return LatentUNetDenoiser.encode(self.base, window).cpu()
 
         latents, cached = self.cache.get_or_make(key, make)
         job.reference_cached = cached
@@ -458,7 +527,7 @@ class ConcatTryOnEngine(JobEngine):
         images = torch.cat([j.image for j in jobs]).to(device)
         masks = torch.cat([j.mask for j in jobs]).to(device)
         garments = torch.cat([self.garment_latents(j) for j in jobs]).to(device)
-        denoiser = ConcatDenoiser(self.base, garments, self.cross_attention_dim)
+        denoiser = self.base.with_garments(garments, CONCAT_AXES[first.extra["axis"]])
         with torch.no_grad():
             condition = denoiser.condition(images, masks, s["guidance"])
         config = SamplerConfig(steps=s["steps"], strength=s["strength"], scheduler=s["scheduler"], eta=s["eta"],
@@ -476,6 +545,17 @@ class ConcatTryOnEngine(JobEngine):
                 reference_cached=job.reference_cached,
             ))
         return results
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise EngineError(f"params.{name} must be true or false, got {value!r}")
 
 
 def _array_key(array: np.ndarray) -> str:
