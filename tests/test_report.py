@@ -134,6 +134,8 @@ def test_pagination_splits_rows_into_pages_errors_first(tmp_path: Path):
     assert flat[:len(errors)] == errors and len(set(flat)) == 450
     assert 'href="page-2.html"' in pages[0].read_text() and 'href="index.html"' in pages[2].read_text()
     assert 'id="count-error">45<' in pages[2].read_text()  # run-wide counts on every page
+    assert build_report(str(out), page_size=300).pages == 2
+    assert sorted(p.name for p in (out / "report").glob("*.html")) == ["index.html", "page-2.html"]
 
 
 def test_a_resumed_id_shows_once_with_its_ok_row(tmp_path: Path):
