@@ -449,7 +449,7 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
 
 
 def sampler_settings(request: EditRequest, default_guidance: float, default_steps: int,
-                     default_strength: float = 1.0) -> dict[str, Any]:
+                     default_strength: float = 1.0, default_eta: float = 0.0) -> dict[str, Any]:
     """The sampler settings a row asks for (engine defaults filled in), checked before any work."""
     from editflow.diffusion.sampler import SamplerConfig
 
@@ -458,7 +458,7 @@ def sampler_settings(request: EditRequest, default_guidance: float, default_step
     steps = int(request.steps or default_steps)
     jumps = (int(request.jump_length or 1), int(request.jump_n_sample or 1))
     scheduler = str(p.get("scheduler", "ddim")).lower()
-    eta = float(p.get("eta", 0.0))
+    eta = float(p.get("eta", default_eta))
     SamplerConfig(steps=steps, strength=strength, scheduler=scheduler, eta=eta, jump_length=jumps[0],
                   jump_n_sample=jumps[1]).validate()
     guidance = float(request.guidance_scale if request.guidance_scale is not None else default_guidance)
