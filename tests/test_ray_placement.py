@@ -90,7 +90,7 @@ def test_ray_plan_and_fake_gpu_run(tmp_path, sd_manifest):
 
         # end to end on the logical GPU: two half-GPU actors, rows as the local runner makes them
         ray_cfg = RunConfig(out_dir=str(tmp_path / "ray"), base_dir=manifest.base_dir, cpu_threads=1)
-        info = run_ray(table, ray_cfg, RayOptions(gpus_per_worker=0.5, progress=False))
+        info = run_ray(table, ray_cfg, RayOptions(gpus_per_worker=0.5))
         assert (info["ray_gpus_per_worker"], info["ray_workers"]) == (0.5, 2)
     finally:
         ray.shutdown()

@@ -63,6 +63,8 @@ class EditResult:
     reference_cached: bool | None = None
     #: the safety checker's verdict when it ran (opt-in), else None
     nsfw: bool | None = None
+    #: conditioning adapters the row ran with (IP-Adapter weight file and scale, ControlNet), if any
+    adapter: str | None = None
 
 
 class Engine(ABC):

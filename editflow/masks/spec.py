@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from editflow.errors import EditflowError
 
 URI_SCHEMES = ("file", "s3", "gs", "http", "https")
-FACE_PARTS = ("lips", "eyes", "eyeshadow", "brows", "skin", "face")
+#: face parts; `eyes` is the lash line around the opening, `eye_opening`/`iris` the eyeball (masks/face.py)
+FACE_PARTS = ("lips", "eyes", "eyeshadow", "brows", "skin", "face", "eye_opening", "iris")
 GARMENT_CATEGORIES = ("upper", "lower", "dress")
 #: specs that need a model-backed mask maker (segment-anything, landmarks, segmentation).
 AUTO_KINDS = ("sam", "face", "garment", "person")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from editflow import logs, storage
 from editflow.config import RunConfig
 from editflow.manifest import RAW_SCHEMA
 from editflow.results import RESULT_SCHEMA, results_dir, to_result_table
@@ -30,7 +31,6 @@ class RayOptions:
 
     workers: int | None = None
     rows_per_block: int = 8
-    progress: bool = True
     num_cpus: int | None = None  # embedded cluster only
     #: GPUs per edit actor for diffusers engines (fractions share a GPU); 0 = never ask for GPUs
     gpus_per_worker: float | None = None
@@ -76,15 +76,16 @@ def init_ray(options: RayOptions) -> bool:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    logs.reroute_library_handlers()  # importing ray set up its logger on the terminal
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(**logs.ray_init_kwargs())
         return False
     # Logical CPUs above the core count keep read/write tasks schedulable beside the actors
     # (Ray Data can starve tasks when actors hold every CPU).
     cpus = options.num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, **logs.ray_init_kwargs())
     return True
 
 
@@ -97,13 +98,15 @@ def run_ray(raw_table: pa.Table, config: RunConfig, options: RayOptions) -> dict
     init_s = time.perf_counter() - started
     try:
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = options.progress
+        logs.reroute_library_handlers()  # importing ray.data set up its loggers
+        context.enable_progress_bars = False  # editflow's own bar counts rows (editflow.progress)
         context.max_errored_blocks = 0  # rows are never silently dropped; errors are per row
         gpus = float(ray.cluster_resources().get("GPU", 0))
         placement = plan_for(raw_table, config, options, gpus, embedded=owns_cluster)
         ds = build_dataset(raw_table, config, options, placement)
-        results_dir(config.out_dir).mkdir(parents=True, exist_ok=True)
-        ds.write_parquet(str(results_dir(config.out_dir)), schema=RESULT_SCHEMA)
+        storage.makedirs(results_dir(config.out_dir))
+        filesystem, path = storage.resolve(results_dir(config.out_dir))  # OUT may be any storage URI
+        ds.write_parquet(path, filesystem=filesystem, schema=RESULT_SCHEMA)
         return {"ray_init_s": round(init_s, 3), "ray_workers": placement.workers, "ray_gpus": gpus,
                 "ray_gpus_per_worker": placement.num_gpus}
     finally:
