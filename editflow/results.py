@@ -32,6 +32,7 @@ RESULT_SCHEMA = pa.schema(
         ("mask_output", pa.string()), ("mask_spec", pa.string()), ("mask_area", pa.float64()),
         ("prompt", pa.string()), ("negative_prompt", pa.string()), ("category", pa.string()),
         ("engine", pa.string()), ("model", pa.string()), ("model_revision", pa.string()),
+        ("adapter", pa.string()),
         ("scheduler", pa.string()), ("steps", pa.int32()), ("strength", pa.float64()),
         ("guidance_scale", pa.float64()), ("jump_length", pa.int32()), ("jump_n_sample", pa.int32()),
         ("nfe", pa.int32()), ("seed", pa.int64()), ("width", pa.int32()), ("height", pa.int32()),

@@ -60,6 +60,8 @@ class EditResult:
     model_revision: str | None = None
     #: True when the reference's encoding came from the engine's per-worker cache
     reference_cached: bool | None = None
+    #: conditioning adapters the row ran with (IP-Adapter weight file and scale, ControlNet), if any
+    adapter: str | None = None
 
 
 class Engine(ABC):

@@ -50,7 +50,7 @@ from editflow.models import (
 )
 
 __all__ = [
-    "DEFAULT_IP_ADAPTER", "DEFAULT_IP_ADAPTER_WEIGHT", "DEFAULT_IMAGE_ENCODER_SUBFOLDER", "DEFAULT_IP_SCALE",
+    "DEFAULT_IP_ADAPTER", "DEFAULT_IP_ADAPTER_WEIGHT", "PLUS_IP_ADAPTER_WEIGHT", "weight_present", "DEFAULT_IMAGE_ENCODER_SUBFOLDER", "DEFAULT_IP_SCALE",
     "IPAdapterSpec", "IPAdapterFiles", "resolve_ip_adapter", "read_ip_adapter", "check_ip_adapter",
     "load_image_encoder", "IPAdapter", "EmbeddingCache", "IPCondition", "IPAdapterDenoiser", "RefJob",
     "IPAdapterSDEngine", "pad_to_square", "array_key",
@@ -58,6 +58,8 @@ __all__ = [
 
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 DEFAULT_IP_ADAPTER_WEIGHT = "models/ip-adapter_sd15.safetensors"
+#: IP-Adapter-plus (16 tokens from CLIP's penultimate patch features: keeps prints, logos, stripes)
+PLUS_IP_ADAPTER_WEIGHT = "models/ip-adapter-plus_sd15.safetensors"
 DEFAULT_IMAGE_ENCODER_SUBFOLDER = "models/image_encoder"
 DEFAULT_IP_SCALE = 0.7
 FETCH_HINT = (
@@ -80,8 +82,10 @@ class IPAdapterSpec:
     scale: float = DEFAULT_IP_SCALE
 
     @classmethod
-    def from_params(cls, params: dict[str, Any] | None, options: dict[str, Any] | None = None) -> IPAdapterSpec:
-        """Row params win over engine options, which win over the defaults."""
+    def from_params(cls, params: dict[str, Any] | None, options: dict[str, Any] | None = None,
+                    default_weight: str | None = None) -> IPAdapterSpec:
+        """Row params win over engine options, which win over the defaults (`default_weight`: the
+        weight file when neither names one; a callable gets the ``ip_adapter`` location)."""
         params, options = params or {}, options or {}
 
         def pick(key: str, default: Any) -> Any:
@@ -97,8 +101,15 @@ class IPAdapterSpec:
         if not 0.0 <= scale <= 10.0:
             raise EngineError(f"ip_adapter_scale must be in [0, 10], got {scale}")
         encoder = pick("image_encoder", None)
-        return cls(str(pick("ip_adapter", DEFAULT_IP_ADAPTER)), str(pick("ip_adapter_weight", DEFAULT_IP_ADAPTER_WEIGHT)),
-                   None if encoder is None else str(encoder), scale)
+        location = str(pick("ip_adapter", DEFAULT_IP_ADAPTER))
+        weight = pick("ip_adapter_weight", None)
+        if weight is None:
+            weight = default_weight(location) if callable(default_weight) else (default_weight or DEFAULT_IP_ADAPTER_WEIGHT)
+        return cls(location, str(weight), None if encoder is None else str(encoder), scale)
+
+    def describe(self) -> str:
+        """What the row ran with, for the results' ``adapter`` column."""
+        return f"ip-adapter {self.ip_adapter} {self.weight_name} scale={self.scale:g}"
 
     @property
     def weights_key(self) -> tuple[str, str, str | None]:
@@ -170,6 +181,22 @@ def resolve_ip_adapter(spec: IPAdapterSpec) -> IPAdapterFiles:
     if subfolder in ("", "image_encoder") and spec.weight_name == DEFAULT_IP_ADAPTER_WEIGHT:
         subfolder = DEFAULT_IMAGE_ENCODER_SUBFOLDER
     return IPAdapterFiles(weights, repo, subfolder, True, source.revision)
+
+
+def weight_present(location: str, weight_name: str) -> bool:
+    """Whether `weight_name` of the IP-Adapter at `location` (hub id, folder) is on this machine; never downloads."""
+    path = Path(os.path.expanduser(location))
+    if path.is_dir():
+        return (path / weight_name).is_file() or (path / Path(weight_name).name).is_file()
+    if path.suffix.lower() == ".safetensors" or location.startswith((".", "/", "~")):
+        return False  # a file names its own weights
+    repo, _, revision = location.partition("@")
+    if repo.count("/") != 1:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, weight_name, cache_dir=str(hub_cache_dir()), revision=revision or None)
+    return isinstance(found, str) and Path(found).is_file()
 
 
 def _is_subfolder_name(value: str) -> bool:
@@ -506,6 +533,10 @@ class IPAdapterSDEngine(SDEngine):
     def spec_for(self, request: EditRequest) -> IPAdapterSpec:
         return IPAdapterSpec.from_params(request.params, self.options)
 
+    def adapter_description(self, job: RefJob) -> str:
+        """The conditioning adapters a row ran with (the results' ``adapter`` column)."""
+        return job.spec.describe()
+
     def embeddings(self, job: RefJob, adapter: IPAdapter) -> tuple[torch.Tensor, torch.Tensor]:
         key = (job.reference_key or array_key(job.reference), job.spec.weights_key)
         (pos, neg), cached = self.cache.get_or_make(key, lambda: adapter.embed(job.reference))
@@ -537,5 +568,6 @@ class IPAdapterSDEngine(SDEngine):
         for i, job in enumerate(jobs):
             result = self._result(job, job.plan.paste(job.request.image, out.images[i]), out.nfe, first.scheduler)
             result.reference_cached = job.reference_cached
+            result.adapter = self.adapter_description(job)
             results.append(result)
         return results

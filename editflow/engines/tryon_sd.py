@@ -57,7 +57,10 @@ from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.engines.crop import CropPlan, plan_crop
 from editflow.engines.frame import FramePlan, parse_resolution, plan_frame
-from editflow.engines.ipadapter import EmbeddingCache, IPAdapterSDEngine, RefJob, pad_to_square, sampler_settings
+from editflow.engines.ipadapter import (
+    DEFAULT_IP_ADAPTER_WEIGHT, PLUS_IP_ADAPTER_WEIGHT, EmbeddingCache, IPAdapterSDEngine, IPAdapterSpec, RefJob,
+    pad_to_square, sampler_settings, weight_present,
+)
 from editflow.engines.latent import LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.sd import check_request, generators, open_sd_model
 from editflow.models import (
@@ -123,6 +126,18 @@ class SDIPAdapterTryOnEngine(IPAdapterSDEngine):
         return RefJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), "sampler",
                       s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},
                       spec=spec, reference=pad_to_square(request.reference), reference_key=request.reference_key)
+
+    def spec_for(self, request: EditRequest) -> IPAdapterSpec:
+        """IP-Adapter-plus (``models/ip-adapter-plus_sd15.safetensors``) when its weights are on this
+        machine, else the plain adapter, unless the row or the engine names a weight file."""
+        return IPAdapterSpec.from_params(request.params, self.options, default_weight=self._default_weight)
+
+    def _default_weight(self, location: str) -> str:
+        choices = self.__dict__.setdefault("_weight_choice", {})
+        if location not in choices:  # one file-system look-up per adapter location and worker
+            plus = weight_present(location, PLUS_IP_ADAPTER_WEIGHT)
+            choices[location] = PLUS_IP_ADAPTER_WEIGHT if plus else DEFAULT_IP_ADAPTER_WEIGHT
+        return choices[location]
 
     def _result(self, job: Any, image: np.ndarray, nfe: int, scheduler: str) -> EditResult:
         result = super()._result(job, image, nfe, scheduler)

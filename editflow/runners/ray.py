@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from editflow import storage
+from editflow import logs, storage
 from editflow.config import RunConfig
 from editflow.manifest import RAW_SCHEMA
 from editflow.results import RESULT_SCHEMA, results_dir, to_result_table
@@ -30,7 +30,6 @@ class RayOptions:
 
     workers: int | None = None
     rows_per_block: int = 8
-    progress: bool = True
     num_cpus: int | None = None  # embedded cluster only
 
 
@@ -59,15 +58,16 @@ def init_ray(options: RayOptions) -> bool:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    logs.reroute_library_handlers()  # importing ray set up its logger on the terminal
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(**logs.ray_init_kwargs())
         return False
     # Logical CPUs above the core count keep read/write tasks schedulable beside the actors
     # (Ray Data can starve tasks when actors hold every CPU).
     cpus = options.num_cpus or max(4, os.cpu_count() or 1)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, **logs.ray_init_kwargs())
     return True
 
 
@@ -80,7 +80,8 @@ def run_ray(raw_table: pa.Table, config: RunConfig, options: RayOptions) -> dict
     init_s = time.perf_counter() - started
     try:
         context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = options.progress
+        logs.reroute_library_handlers()  # importing ray.data set up its loggers
+        context.enable_progress_bars = False  # editflow's own bar counts rows (editflow.progress)
         context.max_errored_blocks = 0  # rows are never silently dropped; errors are per row
         gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = options.workers or max(1, gpus)

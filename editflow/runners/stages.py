@@ -252,6 +252,7 @@ class EditStage(Stage):
             row["_output"] = output
             row.update(
                 engine=name, model=result.model or engine.model, reference_cached=result.reference_cached, model_revision=result.model_revision,
+                adapter=result.adapter,
                 scheduler=result.scheduler, steps=result.steps, strength=result.strength,
                 guidance_scale=result.guidance_scale, jump_length=result.jump_length,
                 jump_n_sample=result.jump_n_sample, nfe=result.nfe,
