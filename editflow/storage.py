@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 from editflow.errors import EditflowError
 
 __all__ = [
-    "StorageError", "absolute", "child", "delete", "exists", "is_dir", "is_file", "is_local", "join",
+    "StorageError", "StorageNotFound", "absolute", "child", "delete", "exists", "is_dir", "is_file", "is_local", "join",
     "list_files", "local_path", "makedirs", "move", "open_input", "open_output", "parent", "read_bytes",
     "relative_to", "resolve", "scheme", "write_bytes",
 ]
@@ -48,6 +48,10 @@ _lock = threading.Lock()
 
 class StorageError(EditflowError, OSError):
     """A location cannot be resolved, read or written; the message names it."""
+
+
+class StorageNotFound(StorageError, FileNotFoundError):
+    """Nothing exists at the location."""
 
 
 def scheme(location: str | os.PathLike) -> str:
@@ -238,7 +242,7 @@ def read_bytes(location: str | os.PathLike, max_bytes: int | None = None) -> byt
         with filesystem.open_input_stream(path) as stream:
             data = stream.read() if max_bytes is None else stream.read(max_bytes + 1)
     except FileNotFoundError:
-        raise StorageError(f"not found: {redact(text)}") from None
+        raise StorageNotFound(f"not found: {redact(text)}") from None
     except Exception as exc:
         raise StorageError(f"cannot read {redact(text)}: {exc}") from None
     return bytes(data)

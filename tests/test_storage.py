@@ -117,3 +117,17 @@ def test_fsspec_backends_resolve_too():
     storage.write_bytes("memory://editflow-test/a.txt", b"hi")
     assert storage.read_bytes("memory://editflow-test/a.txt") == b"hi"
     assert storage.list_files("memory://editflow-test") == ["memory://editflow-test/a.txt"]
+
+
+def test_media_reads_s3_under_the_policy(s3_bucket):
+    from editflow.media import MediaError, MediaPolicy, read_bytes
+
+    storage.write_bytes(s3_bucket + "/in/a.bin", b"x" * 100)
+    allowed = MediaPolicy(allowed_schemes={"file", "s3"}, max_bytes=100)
+    assert read_bytes(s3_bucket + "/in/a.bin", allowed) == b"x" * 100
+    with pytest.raises(MediaError, match="image not found"):
+        read_bytes(s3_bucket + "/in/nope.png", allowed)
+    with pytest.raises(MediaError, match="file too large"):
+        read_bytes(s3_bucket + "/in/a.bin", MediaPolicy(allowed_schemes={"s3"}, max_bytes=99))
+    with pytest.raises(MediaError, match="scheme 's3' is not allowed"):
+        read_bytes(s3_bucket + "/in/a.bin", MediaPolicy())
