@@ -88,7 +88,7 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     text = os.fspath(location)
     if is_local(text):
         return _LOCAL, os.path.abspath(local_path(text))
-    parts = urlsplit(text)
+    parts = urlsplit(text, allow_fragments=False)  # "#" may be part of a key
     kind = parts.scheme.lower()
     if kind in _BUCKET_SCHEMES:
         if not parts.netloc:
@@ -157,7 +157,7 @@ def parent(location: str | os.PathLike) -> str:
     text = os.fspath(location)
     if is_local(text):
         return os.path.dirname(os.path.abspath(local_path(text)))
-    parts = urlsplit(text)
+    parts = urlsplit(text, allow_fragments=False)
     return f"{parts.scheme}://{parts.netloc}{posixpath.dirname(parts.path.rstrip('/'))}"
 
 
@@ -171,7 +171,7 @@ def relative_to(base_dir: str | os.PathLike, name: str) -> str:
     base = os.fspath(base_dir)
     if not _SCHEME_RE.match(base):
         return os.path.join(base, name)
-    parts = urlsplit(base)
+    parts = urlsplit(base, allow_fragments=False)
     if name.startswith("/"):
         raise StorageError(f"refusing absolute path {name!r} relative to {redact(base)}")
     kept: list[str] = []

@@ -31,6 +31,9 @@ def test_write_read_list_move_delete_on_each_backend(root):
     assert storage.read_bytes(target, max_bytes=1) == b"tw"  # cap + 1 bytes: the caller sees "too big"
     storage.write_bytes(storage.join(root, "b.parquet"), b"x")
     assert storage.list_files(root) == [storage.join(root, "a.bin"), storage.join(root, "b.parquet")]
+    storage.write_bytes(storage.join(root, "img#1 x.png"), b"k")  # "#" and spaces are part of a name
+    assert storage.read_bytes(storage.join(root, "img#1 x.png")) == b"k"
+    storage.delete(storage.join(root, "img#1 x.png"))
     assert storage.list_files(root, ".parquet") == [storage.join(root, "b.parquet")]
     assert storage.list_files(storage.join(root, "nothing-here")) == []
     storage.move(target, storage.join(root, "c.bin"))
