@@ -379,14 +379,15 @@ def run(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, executor
         *, engine: str | None = None, model: str | None = None, device: str | None = None,
         workers: int | None = None, rows_per_block: int = 8, progress: bool | ProgressFn | None = True,
         progress_interval: float | None = None, verbose: bool = False, force_unlock: bool = False,
-        **settings: Any) -> Summary:
+        gpus_per_worker: float | None = None, **settings: Any) -> Summary:
     """Edit every row of a manifest into `out` (as `editflow run`); return its `Summary`.
 
     `progress`: True for the bar (on a terminal) or a plain line every `progress_interval` seconds on
     stderr, False for none, or your own ``fn(rows_done, rows_total, ok, errors)``. Library logs go to
     OUT/logs/libraries.log unless `verbose`. `force_unlock` takes OUT's lease even from a run that
-    seems alive. Other keywords are `RunConfig` settings (batch_size, cpu_threads, output_format,
-    quality...).
+    seems alive. `gpus_per_worker`: GPUs per Ray edit actor for diffusers engines (0.5 shares one).
+    Other keywords are `RunConfig` settings (batch_size, cpu_threads, output_format, quality, and
+    the engine switches dtype, micro_batch, cpu_offload...).
     Raises `RunError` / `ManifestError` (both `EditflowError`) when the run cannot start."""
     from editflow.logs import default_log_path, library_logs
     from editflow.runners.driver import run_manifest
@@ -404,7 +405,8 @@ def run(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, executor
         try:
             data = run_manifest(table, config, executor=executor, resume=resume, workers=workers,
                                 rows_per_block=rows_per_block, force_unlock=force_unlock,
-                                progress=own or (progress if callable(progress) else None))
+                                progress=own or (progress if callable(progress) else None),
+                                gpus_per_worker=gpus_per_worker)
         finally:
             if own is not None:
                 own.close()

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from editflow import __version__, storage
-from editflow.config import OUTPUT_FORMATS
+from editflow.config import ENGINE_SWITCHES, OUTPUT_FORMATS
 from editflow.engines import DEFAULT_ENGINE, engine_names
 from editflow.errors import EditflowError
 from editflow.manifest import TASKS, RowError, parse_row, read_manifest
@@ -46,7 +46,25 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="turn off the per-worker mask and reference caches (to measure what they save)")
     parser.add_argument("--sam-refine", action="store_true",
                         help="refine landmark masks (face:, person) with SAM when a checkpoint is set")
+    _add_switches(parser)
     _add_media(parser)
+
+
+def _add_switches(parser: argparse.ArgumentParser) -> None:
+    """The diffusers engines' GPU switches; unset = the EDITFLOW_* environment variable, else the default."""
+    g = parser.add_argument_group("diffusers engine switches (default: EDITFLOW_* env vars, else off / auto)")
+    g.add_argument("--dtype", default=None, choices=("auto", "fp32", "fp16", "bf16"),
+                   help="weights dtype (auto: bf16 on compute capability >= 8, fp16 on older GPUs, fp32 on CPU)")
+    g.add_argument("--cpu-offload", action="store_true", default=None, help="model CPU offload (CUDA; less GPU memory)")
+    g.add_argument("--attention-slicing", action="store_true", default=None,
+                   help="sliced attention (less memory, slower; replaces SDPA on the sliced layers)")
+    g.add_argument("--no-sdpa", dest="sdpa", action="store_false", default=None, help="classic attention instead of SDPA")
+    g.add_argument("--vae-tiling", action="store_true", default=None, help="tiled VAE (large images)")
+    g.add_argument("--micro-batch", type=int, default=None,
+                   help="rows per network call (default: 1 on CPU, the whole group on GPU, halved on out-of-memory)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (CUDA)")
+    g.add_argument("--safety-checker", action="store_true", default=None,
+                   help="run the model's safety checker on outputs; flagged rows become NSFWContentError rows")
 
 
 def _add_verbose(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--out", required=True, help="output folder: a path or a URI (s3://bucket/prefix, gs://...)")
     run.add_argument("--executor", default="ray", choices=("ray", "local"),
                      help="ray (default; embedded local cluster unless RAY_ADDRESS is set) or local (in-process)")
-    run.add_argument("--workers", type=int, default=None, help="edit actors on Ray (default: one per GPU, or 1)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="edit actors on Ray (default: GPUs / --gpus-per-worker, or 1)")
+    run.add_argument("--gpus-per-worker", type=float, default=None,
+                     help="GPUs per edit actor for diffusers engines (default 1; 0.5 = two actors per GPU; 0 = CPU)")
     run.add_argument("--batch-size", type=int, default=4, help="rows per engine call (default 4)")
     run.add_argument("--rows-per-block", type=int, default=8,
                      help="rows per Ray block: the unit of retry and failure (default 8)")
@@ -179,6 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
 
 
+def _switches(args: argparse.Namespace) -> dict:
+    """Engine switches: the flags, else the driver's EDITFLOW_* variables (carried to every worker)."""
+    from editflow.models import RuntimeOptions
+
+    env = RuntimeOptions.from_env()
+    return {name: getattr(args, name) if getattr(args, name) is not None else env.get(name) for name in ENGINE_SWITCHES}
+
+
+
 def _library_logs(args: argparse.Namespace):
     """Library output to a log file (OUT/logs/ for run and masks) for the commands that run models."""
     from editflow.logs import default_log_path, library_logs
@@ -195,7 +225,7 @@ def _settings(args: argparse.Namespace) -> dict:
         cpu_threads=args.cpu_threads, allowed_schemes=("file", *args.allow_scheme),
         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
         sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, sam_refine=args.sam_refine,
-        cache=args.cache, **({} if args.quality is None else {"quality": args.quality}),
+        cache=args.cache, **({} if args.quality is None else {"quality": args.quality}), **_switches(args),
     )
 
 
@@ -208,7 +238,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK if plan.runnable else EXIT_ROW_ERRORS
     summary = api.run(
         args.manifest, args.out, executor=args.executor, resume=args.resume, engine=args.engine, model=args.model,
-        device=args.device, workers=args.workers, rows_per_block=args.rows_per_block, progress=not args.quiet,
+        device=args.device, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+        rows_per_block=args.rows_per_block, progress=not args.quiet,
         progress_interval=args.progress_interval, verbose=args.verbose, force_unlock=args.force_unlock,
         batch_size=args.batch_size, output_format=args.output_format, **_settings(args),
     )

@@ -36,6 +36,7 @@ def run_manifest(
     rows_per_block: int = 8,
     progress: ProgressFn | None = None,
     force_unlock: bool = False,
+    gpus_per_worker: float | None = None,
 ) -> dict[str, Any]:
     """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json).
 
@@ -54,7 +55,7 @@ def run_manifest(
     except LeaseHeld as exc:
         raise RunError(str(exc)) from None
     try:
-        return _run_leased(manifest, config, executor, resume, workers, rows_per_block, progress)
+        return _run_leased(manifest, config, executor, resume, workers, rows_per_block, progress, gpus_per_worker)
     finally:
         lease.release()
         if lease.lost:
@@ -73,7 +74,8 @@ def with_manifest_scheme(config: RunConfig, manifest: Manifest) -> RunConfig:
 
 
 def _run_leased(manifest: Manifest, config: RunConfig, executor: str, resume: bool, workers: int | None,
-                rows_per_block: int, progress: ProgressFn | None) -> dict[str, Any]:
+                rows_per_block: int, progress: ProgressFn | None,
+                gpus_per_worker: float | None = None) -> dict[str, Any]:
     out = config.out_dir
     if resume:
         done = prepare_resume(out, config.run_id)
@@ -92,7 +94,8 @@ def _run_leased(manifest: Manifest, config: RunConfig, executor: str, resume: bo
         else:
             from editflow.runners.ray import RayOptions, run_ray
 
-            extra = run_ray(table, config, RayOptions(workers=workers, rows_per_block=rows_per_block))
+            extra = run_ray(table, config, RayOptions(workers=workers, rows_per_block=rows_per_block,
+                                                      gpus_per_worker=gpus_per_worker))
     wall = time.perf_counter() - started
     run_info = {
         "run_id": config.run_id,
