@@ -42,10 +42,10 @@ class Keypoints:
         return np.stack([self.points[self.names.index(n)] for n in names]).astype(np.float32)
 
 
-def _row_ends(fg: np.ndarray, y0: int, y1: int) -> tuple[float, float, float]:
-    """Leftmost and rightmost foreground x over rows y0..y1, and the rows' middle."""
+def _row_ends(fg: np.ndarray, y0: int, y1: int) -> tuple[float, float]:
+    """Leftmost and rightmost foreground x over rows y0..y1."""
     xs = np.nonzero(fg[y0:y1 + 1].any(axis=0))[0]
-    return float(xs.min()), float(xs.max()), (y0 + y1) / 2.0
+    return float(xs.min()), float(xs.max())
 
 
 def _top_at(fg: np.ndarray, x: float) -> float:
@@ -60,9 +60,11 @@ def garment_keypoints(mask: np.ndarray, category: str) -> Keypoints:
     ys = np.nonzero(fg.any(axis=1))[0]
     top, bottom = int(ys.min()), int(ys.max())
     strip = max(1, int(round(0.03 * (bottom - top + 1))))
-    hem_l, hem_r, hem_y = _row_ends(fg, bottom - strip, bottom)
+    hem_l, hem_r = _row_ends(fg, bottom - strip, bottom)
+    hem_y = float(bottom)  # the garment's edge, where the person's hem line goes
     if category == "lower":
-        waist_l, waist_r, waist_y = _row_ends(fg, top, top + strip)
+        waist_l, waist_r = _row_ends(fg, top, top + strip)
+        waist_y = float(top)
         names, points = ["waist_l", "waist_r", "hem_l", "hem_r"], [(waist_l, waist_y), (waist_r, waist_y),
                                                                    (hem_l, hem_y), (hem_r, hem_y)]
         centre = (waist_l + waist_r) / 2.0
