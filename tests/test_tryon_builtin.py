@@ -233,3 +233,22 @@ def B_waist(body) -> float:
     from editflow.masks.body import waist_y
 
     return waist_y(body)
+
+
+def test_dress_hem_follows_dress_length() -> None:
+    from tests.test_masks_body import standing_body
+
+    body = standing_body()
+    dress = np.zeros((300, 200), np.uint8)
+    cv2.fillPoly(dress, [np.array([(60, 10), (80, 20), (120, 20), (140, 10), (150, 120), (190, 290), (10, 290),
+                                   (50, 120)], np.int32)], 1)
+    source = garment_keypoints(dress, "dress")
+    assert "sleeve_l" not in source.names and "sleeve_r" not in source.names  # sleeveless
+    bottoms = {}
+    for length in ("knee", "ankle"):
+        target = person_keypoints(body, "dress", source, length)
+        _, footprint = warp_garment(np.ones((300, 200, 3), np.float32), dress.astype(np.float32), source, target,
+                                    (800, 400))
+        bottoms[length] = np.nonzero(footprint)[0].max()
+        assert footprint[300, 200] and not footprint[90, 200]
+    assert 590 <= bottoms["knee"] <= 625 and 705 <= bottoms["ankle"] <= 735, bottoms
