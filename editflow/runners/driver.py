@@ -18,7 +18,8 @@ from editflow.lease import LeaseHeld, acquire
 from editflow.manifest import Manifest, read_manifest
 from editflow.manifest_index import ManifestIndex
 from editflow.results import prepare_resume, results_dir, summarize
-from editflow.runners.local import FILE_ROWS, ProgressCallback, run_local, stderr_progress
+from editflow.progress import ProgressFn
+from editflow.runners.local import FILE_ROWS, run_local
 
 EXECUTORS = ("ray", "local")
 
@@ -34,8 +35,9 @@ def run_manifest(
     resume: bool = False,
     workers: int | None = None,
     rows_per_block: int = 8,
-    progress: bool | ProgressCallback = True,
+    progress: ProgressFn | None = None,
     force_unlock: bool = False,
+    gpus_per_worker: float | None = None,
     rows_per_file: int | None = None,
 ) -> dict[str, Any]:
     """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json).
@@ -43,8 +45,8 @@ def run_manifest(
     OUT may be a local folder or any storage URI. The run holds OUT's lease (editflow.lease) from
     start to summary: a second run on the same OUT refuses with RunError naming this one.
     A `ManifestIndex` (ids only) lets Ray read the rows on its workers; the local executor reads
-    the rows here. `progress` is True (lines on stderr), False, or a
-    `progress(rows_done, rows_total, ok, errors)` callback.
+    the rows here. `progress(rows_done, rows_total, ok, errors)` is called as rows complete
+    (editflow.progress); `rows_per_file` result rows go to each Parquet file (default 1000).
     """
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
@@ -57,7 +59,7 @@ def run_manifest(
         raise RunError(str(exc)) from None
     try:
         return _run_leased(manifest, config, executor, resume, workers, rows_per_block, progress,
-                           rows_per_file or FILE_ROWS)
+                           rows_per_file or FILE_ROWS, gpus_per_worker)
     finally:
         lease.release()
         if lease.lost:
@@ -76,8 +78,8 @@ def with_manifest_scheme(config: RunConfig, manifest: Manifest | ManifestIndex) 
 
 
 def _run_leased(manifest: Manifest | ManifestIndex, config: RunConfig, executor: str, resume: bool,
-                workers: int | None, rows_per_block: int, progress: bool | ProgressCallback,
-                rows_per_file: int) -> dict[str, Any]:
+                workers: int | None, rows_per_block: int, progress: ProgressFn | None,
+                rows_per_file: int, gpus_per_worker: float | None = None) -> dict[str, Any]:
     out = config.out_dir
     if resume:
         done = prepare_resume(out, config.run_id)
@@ -88,7 +90,6 @@ def _run_leased(manifest: Manifest | ManifestIndex, config: RunConfig, executor:
     ids = manifest.ids if isinstance(manifest, ManifestIndex) else manifest.table.column("id")
     already = (pc.sum(pc.is_in(ids, value_set=done)).as_py() or 0) if len(done) else 0
     to_run = len(ids) - already
-    callback = stderr_progress("editflow") if progress is True else (progress or None)
     started = time.perf_counter()
     extra: dict[str, Any] = {}
     if to_run:
@@ -96,14 +97,15 @@ def _run_leased(manifest: Manifest | ManifestIndex, config: RunConfig, executor:
             table = manifest.table if isinstance(manifest, Manifest) else read_manifest(manifest.path).table
             if len(done):
                 table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
-            run_local(table, config, progress=callback, file_rows=rows_per_file)
+            run_local(table, config, progress=progress, file_rows=rows_per_file)
         else:
             from editflow.runners.ray import RayOptions, run_ray
 
             source = manifest if isinstance(manifest, ManifestIndex) else manifest.table
-            options = RayOptions(workers=workers, rows_per_block=rows_per_block, progress=False, file_rows=rows_per_file)
+            options = RayOptions(workers=workers, rows_per_block=rows_per_block, file_rows=rows_per_file,
+                                 gpus_per_worker=gpus_per_worker)
             extra = run_ray(source, config, options, rows_total=to_run, done_ids=done,
-                           progress=callback)
+                           progress=progress)
     wall = time.perf_counter() - started
     run_info = {
         "run_id": config.run_id,

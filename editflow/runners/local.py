@@ -9,18 +9,16 @@ the same files.
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 
 from editflow.config import RunConfig
+from editflow.progress import ProgressFn
 from editflow.results import write_result_file
 from editflow.runners.stages import EditStage, MaskStage, PrepareStage, Row, WriteStage, new_row, run_stages
 
-#: progress(rows_done, rows_total, ok, errors), called as rows complete
-ProgressCallback = Callable[[int, int, int, int], None]
 FILE_ROWS = 1000
 FILE_SECONDS = 60.0
 
@@ -41,8 +39,8 @@ def _chunks(raw_rows: pa.Table | list[dict[str, Any]], size: int) -> Iterator[li
 def run_local(
     raw_rows: pa.Table | list[dict[str, Any]],
     config: RunConfig,
-    chunk_rows: int = 64,
-    progress: ProgressCallback | None = None,
+    chunk_rows: int = 16,
+    progress: ProgressFn | None = None,
     file_rows: int = FILE_ROWS,
     file_seconds: float = FILE_SECONDS,
 ) -> None:
@@ -66,18 +64,4 @@ def run_local(
     finally:  # also on Ctrl-C: finished rows are kept
         if buffer:
             write_result_file(config.out_dir, buffer, config.run_id)
-
-
-def stderr_progress(label: str, every_s: float = 2.0) -> ProgressCallback:
-    """A progress callback printing `label: done/total rows (ok, errors)` lines to stderr, at most every `every_s`."""
-    last = [0.0]
-
-    def report(done: int, total: int, ok: int, errors: int) -> None:
-        now = time.monotonic()
-        if done < total and now - last[0] < every_s:
-            return
-        last[0] = now
-        print(f"{label}: {done}/{total} rows ({ok} ok, {errors} errors)", file=sys.stderr, flush=True)
-
-    return report
 
