@@ -81,6 +81,7 @@ def _run_leased(manifest: Manifest | ManifestIndex, config: RunConfig, executor:
                 workers: int | None, rows_per_block: int, progress: ProgressFn | None,
                 rows_per_file: int, gpus_per_worker: float | None = None) -> dict[str, Any]:
     out = config.out_dir
+    progress = progress if callable(progress) else None  # False (older callers) means none
     if resume:
         done = prepare_resume(out, config.run_id)
     else:
