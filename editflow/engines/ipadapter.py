@@ -5,7 +5,7 @@ What is loaded, and from where (row ``params`` first, then engine options, then 
 | key | default | meaning |
 |---|---|---|
 | ``ip_adapter`` | ``h94/IP-Adapter`` | hub id (``org/name[@rev]``), a local folder, or a ``.safetensors`` file |
-| ``ip_adapter_weight`` | ``models/ip-adapter_sd15.safetensors`` | the weight file inside the repo / folder |
+| ``ip_adapter_weight`` | ``models/ip-adapter_sd15.safetensors`` (try-on: ``models/ip-adapter-plus_sd15.safetensors`` when present locally) | the weight file inside the repo / folder |
 | ``image_encoder`` | ``models/image_encoder`` next to the weights | CLIP vision folder (``config.json``), hub id, or a subfolder of the IP-Adapter repo |
 | ``ip_adapter_scale`` | 0.7 | strength of the image prompt (diffusers' ``set_ip_adapter_scale``) |
 
