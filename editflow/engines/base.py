@@ -6,6 +6,7 @@ the original so that unmasked pixels stay exact for every engine (`composite_unm
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,8 @@ class EditResult:
     model_revision: str | None = None
     #: True when the reference's encoding came from the engine's per-worker cache
     reference_cached: bool | None = None
+    #: the safety checker's verdict when it ran (opt-in), else None
+    nsfw: bool | None = None
     #: conditioning adapters the row ran with (IP-Adapter weight file and scale, ControlNet), if any
     adapter: str | None = None
 
@@ -90,21 +93,50 @@ class EngineError(EditflowError, ValueError):
     """A request the engine cannot run (wrong task, missing reference, bad params)."""
 
 
+class NSFWContentError(EditflowError):
+    """The (opt-in) safety checker flagged the row's output: nothing is written for it."""
+
+
 def run_grouped(jobs: list[Any], run: Any, results: list) -> None:
     """Group jobs by `job.key()`, call `run(group) -> list[EditResult]`, scatter into `results[job.index]`.
 
-    A failure inside one group's call becomes every row of that group's error, not the batch's.
+    A failure inside one group's call becomes every row of that group's error, not the batch's;
+    a group that runs out of accelerator memory is split in halves and retried, so only rows that
+    do not fit even alone fail.
     """
     groups: dict[tuple, list[Any]] = {}
     for job in jobs:
         groups.setdefault(job.key(), []).append(job)
     for group in groups.values():
-        try:
-            for job, result in zip(group, run(group), strict=True):
-                results[job.index] = result
-        except Exception as exc:
-            for job in group:
-                results[job.index] = exc
+        _run_group(group, run, results)
+
+
+def _run_group(group: list[Any], run: Any, results: list) -> None:
+    try:
+        for job, result in zip(group, run(group), strict=True):
+            results[job.index] = result
+    except Exception as exc:
+        if len(group) > 1 and is_out_of_memory(exc):
+            del exc  # drop the traceback's frames (and the tensors they hold) before retrying
+            _release_memory()
+            half = len(group) // 2
+            _run_group(group[:half], run, results)
+            _run_group(group[half:], run, results)
+            return
+        for job in group:
+            results[job.index] = exc
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's out-of-memory error (CUDA or another accelerator); torch stays unimported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def _release_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class JobEngine(Engine):

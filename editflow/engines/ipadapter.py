@@ -42,9 +42,10 @@ import numpy as np
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, EngineError
+from editflow.engines.base import EditRequest, EditResult, EngineError, is_out_of_memory
+from editflow.engines.device import execution_device, freeze, has_offload_hooks, plain_attention, slice_attention
 from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
-from editflow.engines.sd import Job, SDEngine, generators
+from editflow.engines.sd import Job, SDEngine, generators, release_adapter
 from editflow.models import (
     ModelNotAvailableError, hub_cache_dir, is_offline, parse_model_spec,
 )
@@ -380,8 +381,10 @@ class EmbeddingCache:
 class IPAdapter:
     """An IP-Adapter loaded into one pipeline (its UNet's processors) plus its CLIP image encoder."""
 
-    def __init__(self, pipe: Any, spec: IPAdapterSpec, device: str, dtype: Any) -> None:
+    def __init__(self, pipe: Any, spec: IPAdapterSpec, device: str, dtype: Any, sliced: bool = False,
+                 sdpa: bool = True) -> None:
         self.spec = spec
+        self.sliced, self.sdpa = sliced, sdpa
         self.files = resolve_ip_adapter(spec)
         state = read_ip_adapter(self.files.weights)
         self.kind = check_ip_adapter(state, pipe.unet, f"IP-Adapter {self.files.weights.name}")
@@ -391,16 +394,30 @@ class IPAdapter:
             from transformers import CLIPImageProcessor
 
         encoder = load_image_encoder(self.files, dtype).to(device)
+        freeze(encoder)
         size = int(encoder.config.image_size)
-        # register first: diffusers' load_ip_adapter then neither warns nor tries to load one itself
-        pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=size, crop_size=size))
-        pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
-        pipe.unet.to(device)
+        self.state = state  # kept: engines sharing the pipeline unload and reload it from memory
         self.pipe = pipe
         self.encoder = encoder
-        self.processor = pipe.feature_extractor
+        self.processor = CLIPImageProcessor(size=size, crop_size=size)
         self.device = device
         self._scale: float | None = None
+        self.load()
+
+    def load(self) -> None:
+        """Put the adapter into the pipeline's UNet (and its encoder into the pipeline)."""
+        pipe = self.pipe
+        # register first: diffusers' load_ip_adapter then neither warns nor tries to load one itself
+        pipe.register_modules(image_encoder=self.encoder, feature_extractor=self.processor)
+        state = {part: dict(tensors) for part, tensors in self.state.items()}
+        # diffusers rebuilds the other layers' processors with __class__(): sliced ones cannot be
+        self._around_processors(lambda: pipe.load_ip_adapter(state, subfolder="", weight_name="",
+                                                             image_encoder_folder=None), pipe.unet)
+        if not has_offload_hooks(pipe.unet):  # offload hooks place the new adapter weights themselves
+            pipe.unet.to(self.device)
+        freeze(pipe.unet)
+        self._scale = None
+        pipe._editflow_adapter = self
 
     def set_scale(self, scale: float) -> None:
         if scale != self._scale:
@@ -408,7 +425,19 @@ class IPAdapter:
             self._scale = float(scale)
 
     def unload(self) -> None:
-        self.pipe.unload_ip_adapter()
+        self._around_processors(self.pipe.unload_ip_adapter, self.pipe.unet)
+        if getattr(self.pipe, "_editflow_adapter", None) is self:
+            self.pipe._editflow_adapter = None
+
+    def _around_processors(self, change: Any, unet: Any) -> None:
+        """Run diffusers' adapter load/unload on plain processors, then slice attention again."""
+        if self.sliced:
+            plain_attention(unet, self.sdpa)
+        try:
+            change()
+        finally:
+            if self.sliced:
+                slice_attention(unet)
 
     @torch.no_grad()
     def embed(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -420,7 +449,7 @@ class IPAdapter:
         from PIL import Image
 
         pixels = self.processor(Image.fromarray(image), return_tensors="pt").pixel_values
-        pixels = pixels.to(device=self.encoder.device, dtype=self.encoder.dtype)
+        pixels = pixels.to(device=execution_device(self.encoder), dtype=self.encoder.dtype)
         if self.kind == "plus":
             pos = self.encoder(pixels, output_hidden_states=True).hidden_states[-2]
             neg = self.encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
@@ -472,7 +501,7 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
             return super().predict(x_t, t, alpha_bar_t, condition)
         cfg = c.negative_embeds is not None
         outs = []
-        dtype, device = self.unet.dtype, self.unet.device
+        dtype, device = self.unet.dtype, execution_device(self.unet)
         for sl in chunks(x_t.shape[0], self.rows_per_call):
             x = x_t[sl]
             if self.in_channels == 9:
@@ -541,6 +570,7 @@ class IPAdapterSDEngine(SDEngine):
         super().__init__(model=model, device=device, **options)
         self.cache = EmbeddingCache(int(options.get("cache_size", 512)), enabled=bool(options.get("cache", True)))
         self.adapter: IPAdapter | None = None
+        self._failed: dict[tuple, Exception] = {}
 
     def _setup(self, pipe: Any) -> None:
         super()._setup(pipe)
@@ -549,13 +579,28 @@ class IPAdapterSDEngine(SDEngine):
 
     def ip_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
         """The loaded adapter for `spec` (loaded on first use; another spec replaces it)."""
-        if self.adapter is None or self.adapter.spec.weights_key != spec.weights_key:
-            if self.adapter is not None:
-                self.adapter.unload()
-                self.adapter = None
-            self.adapter = IPAdapter(self.pipe, spec, self.device, self.dtype)
+        loaded = getattr(self.pipe, "_editflow_adapter", None)
+        if self.adapter is not None and self.adapter.spec.weights_key == spec.weights_key:
+            if loaded is not self.adapter:  # an engine sharing the pipeline ran without it (or with another)
+                release_adapter(self.pipe)
+                self.adapter.load()
+        else:
+            if spec.weights_key in self._failed:  # a load that failed is not retried from disk per group
+                raise self._failed[spec.weights_key]
+            release_adapter(self.pipe)
+            self.adapter = None
+            try:
+                self.adapter = self._load_adapter(spec)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    self._failed[spec.weights_key] = exc
+                raise
         self.adapter.set_scale(spec.scale)
         return self.adapter
+
+    def _load_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
+        return IPAdapter(self.pipe, spec, self.device, self.dtype,
+                         sliced=self.runtime.attention_slicing, sdpa=self.runtime.sdpa)
 
     def spec_for(self, request: EditRequest) -> IPAdapterSpec:
         return IPAdapterSpec.from_params(request.params, self.options)

@@ -1,10 +1,11 @@
 """Weight-free virtual try-on: the builtin patch-prior sampler with the garment as its data set,
 plus the person's shading put back (engine `builtin`, task `tryon`).
 
-This is a *weight-free approximation* of try-on, not a try-on model. It knows nothing of garment
-shape, fit, folds or pose: it re-textures the garment mask (made by the mask stage, e.g.
-`garment:upper`) with the garment photo's colours and texture and keeps the person's shading.
-The conditioned diffusers engines are the real thing; this one runs anywhere, offline.
+This is a *weight-free approximation* of try-on, not a try-on model. It knows nothing of folds or
+3-D shape: it lays the garment's own silhouette onto the person's pose (neckline, shoulders,
+sleeves, hem) inside the garment mask (made by the mask stage, e.g. `garment:upper`), refills the
+rest of the mask from the person's picture, and keeps the person's shading. The conditioned
+diffusers engines are the real thing; this one runs anywhere, offline.
 
 Per row:
 
@@ -13,20 +14,30 @@ Per row:
    colour, cleaned up (open/close, largest parts, holes filled, eroded 1 px so no patch straddles
    the background), or `params["reference_mask"]` when the row gives one (an H'×W' array or nested
    list, > 0 = garment). A photo with a busy border counts as all garment. The crop to the
-   foreground box, its mask and its mean colour are kept. The category picks what to sample:
+   foreground box, its mask, its mean colour and its keypoints (`garment_fit.garment_keypoints`:
+   collar top centre, shoulder corners, sleeve ends, hem corners; waistband, crotch and hems for
+   `lower`) are kept. The category picks what to sample:
    `upper` on a tall photo (height > 1.6 × width: a dress or a full outfit) samples its top part,
    `lower` on such a photo its bottom part; otherwise (and for `dress`) all of it; override with
    `params["garment_region"]` = "all" | "top" | "bottom".
-2. **Start**: inside the mask, the garment crop stretched onto the mask's bounding box (a
-   box-to-box warp, the crudest garment warp there is; `params["start"]` "flat" uses the garment's
-   mean colour instead) times the person's shading (below).
-3. **Sampler**: `BuiltinEngine` (this class's base) with task `tryon`: `masked_sample` with the
-   `PatchPriorDenoiser` on its pyramid, the garment's foreground patches as the data set, SDEdit
-   from the start at strength default 0.2 (the layout prior also stretches the garment's box onto
-   the mask's). The sampler re-synthesises the start from garment patches, which removes the
+2. **Fit** (`params["fit"]` "pose", the default): the person's MediaPipe pose (`masks/body.py`,
+   cached per worker by `image_key`) places the same keypoints on the body (`person_keypoints`:
+   sleeve ends at the garment's own sleeve length along the arm, hem at the hips, knees or ankles
+   by category and `dress_length`); a thin-plate spline (OpenCV's shape transformer) warps the
+   garment from its keypoints onto them. The garment's region is its warped silhouette inside the
+   mask. `fit` "box", no person found, or a fit covering under 5 % of the mask: the garment crop
+   stretched onto the mask's bounding box (the old layout; `params["start"]` "flat" uses the
+   garment's mean colour instead), the whole mask being the garment's region.
+3. **Refill**: the rest of the mask (beside a sleeve, above the neckline, past the hem) is inpainted
+   by the builtin sampler (task `inpaint`: the person's own patches outside the mask, so wall,
+   skin or background — never the old garment).
+4. **Garment sampler**: inside the garment's region, the fitted garment × the person's shading
+   (below) is the start; `BuiltinEngine` with task `tryon` runs `masked_sample` with the
+   `PatchPriorDenoiser`, the garment's foreground patches as the data set, SDEdit at strength
+   default 0.2. The sampler re-synthesises the start from garment patches, which removes the
    warp's resampling blur and seams; above ~0.4 it also scrambles regular patterns (checks,
    stripes): a 7×7-patch prior keeps no long-range period, so the start's layout is what keeps it.
-4. **Shading** (offline_perf.md §1.6: "do the transfer on a detail/chroma layer and keep the
+5. **Shading** (inside the garment's region) (offline_perf.md §1.6: "do the transfer on a detail/chroma layer and keep the
    target's low-frequency luminance"): an intrinsic-image split in linear RGB, image = albedo ×
    shading, with shading = low-pass luminance / its mean over the mask (a Gaussian of
    `shading_sigma` × the mask box's long side, default 0.04, normalised inside the mask only).
@@ -37,11 +48,12 @@ Per row:
    hole in the new ones — but it does still show, faintly: albedo and shading are not separable
    from one photo, and a garment pattern coarser than the low-pass is flattened.
 
-Row params (besides the builtin's): `reference_mask`, `garment_region`, `start`, `keep_shading`,
-`shading_sigma`, `bg_threshold` (ΔE from the border colour that counts as garment, default 12).
+Row params (besides the builtin's): `reference_mask`, `garment_region`, `fit`, `start`, `keep_shading`,
+`shading_sigma`, `bg_threshold` (ΔE from the border colour that counts as garment, default 12),
+`dress_length` (also a mask option).
 The row's `strength` (default 0.2) and `steps` go to the sampler as usual.
-Engine options: `cache` (default True; False prepares the garment on every row), `cache_size`
-(garments kept per worker, default 32).
+Engine options: `cache` (default True; False prepares the garment and runs the pose on every row),
+`cache_size` (garments and poses kept per worker, default 32).
 """
 
 from __future__ import annotations
@@ -54,8 +66,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from editflow.engines.base import EditRequest, EditResult, EngineError
+from editflow.engines.base import EditRequest, EditResult, EngineError, composite_unmasked
 from editflow.engines.builtin import BuiltinEngine
+from editflow.engines.garment_fit import Keypoints, garment_keypoints, person_keypoints, warp_garment
 
 CATEGORIES = ("upper", "lower", "dress")
 REGIONS = ("all", "top", "bottom")
@@ -63,7 +76,10 @@ TALL = 1.6  # foreground height / width above which a garment photo is a dress o
 SHADING_CLIP = (0.35, 1.6)
 DEFAULT_STRENGTH = 0.2
 #: row params this engine reads itself (the rest go to the builtin sampler)
-OWN_PARAMS = ("garment_region", "keep_shading", "shading_sigma", "bg_threshold", "start")
+OWN_PARAMS = ("garment_region", "keep_shading", "shading_sigma", "bg_threshold", "start", "fit", "dress_length",
+              "sleeve")
+FITS = ("pose", "box")
+MIN_FIT = 0.05  # a pose fit covering less of the mask than this falls back to the box layout
 
 
 @dataclass
@@ -76,6 +92,7 @@ class Garment:
     foreground: np.ndarray  # H'×W' bool: the whole foreground in the original photo
     region: str  # "all" | "top" | "bottom"
     source: str  # "estimated" | "given" | "whole"
+    keypoints: Keypoints | None = None  # neckline, shoulders, sleeves, hem in the crop (garment_fit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +187,9 @@ def prepare_garment(reference: np.ndarray, category: str | None = None, referenc
     rgb = np.ascontiguousarray(ref[y0:y1, x0:x1])
     mask = sampled[y0:y1, x0:x1].astype(np.float32)
     mean = _linear(rgb)[mask > 0].mean(axis=0).astype(np.float32)
-    return Garment(rgb=rgb, mask=mask, mean_rgb=mean, foreground=fg, region=region, source=source)
+    keypoints = garment_keypoints(mask, "lower" if region == "bottom" else (category or "upper"))
+    return Garment(rgb=rgb, mask=mask, mean_rgb=mean, foreground=fg, region=region, source=source,
+                   keypoints=keypoints)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,9 +263,10 @@ def garment_layout(garment: Garment, mask: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def shaded_start(person: np.ndarray, mask: np.ndarray, garment: Garment, sigma_fraction: float = 0.04,
-                 mode: str = "warp") -> np.ndarray:
-    """The sampler's start: inside the mask, the garment (`mode` "warp": stretched onto the mask's
-    box; "flat": its mean colour) × the person's shading; the person elsewhere."""
+                 mode: str = "warp", albedo: np.ndarray | None = None) -> np.ndarray:
+    """The sampler's start: inside the mask, the garment × the person's shading; the person
+    elsewhere. The garment is `albedo` (linear RGB H×W×3, e.g. the pose-fitted warp) when given,
+    else by `mode`: "warp" stretched onto the mask's box, "flat" its mean colour."""
     inside = mask > 0
     out = person.copy()
     if not inside.any():
@@ -254,7 +274,9 @@ def shaded_start(person: np.ndarray, mask: np.ndarray, garment: Garment, sigma_f
     sigma = _sigma(mask, sigma_fraction)
     y0, y1, x0, x1 = _box(mask, int(3 * sigma))
     shade = np.clip(shading_map(person[y0:y1, x0:x1], inside[y0:y1, x0:x1], sigma), *SHADING_CLIP)
-    if mode == "warp":
+    if albedo is not None:
+        albedo = albedo[y0:y1, x0:x1]
+    elif mode == "warp":
         albedo = garment_layout(garment, mask)[0][y0:y1, x0:x1]
     elif mode == "flat":
         albedo = np.broadcast_to(garment.mean_rgb, (y1 - y0, x1 - x0, 3))
@@ -264,6 +286,20 @@ def shaded_start(person: np.ndarray, mask: np.ndarray, garment: Garment, sigma_f
     region = out[y0:y1, x0:x1]
     region[inside[y0:y1, x0:x1]] = fill[inside[y0:y1, x0:x1]]
     return out
+
+
+def fit_garment(garment: Garment, body, mask: np.ndarray, category: str | None,
+                dress_length: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The garment warped onto the posed person (`garment_fit`): linear RGB H×W×3 (background
+    pixels of the photo replaced by its mean colour) and the garment's footprint inside the mask."""
+    source = garment.keypoints
+    category = "lower" if garment.region == "bottom" else (category or "upper")
+    target = person_keypoints(body, category, source, dress_length)
+    lin = _linear(garment.rgb)
+    lin[garment.mask <= 0] = garment.mean_rgb
+    margin = int(0.05 * max(mask.shape))
+    warped, footprint = warp_garment(lin, garment.mask, source, target, mask.shape, _box(mask, margin))
+    return warped, footprint & (mask > 0)
 
 
 def keep_shading(person: np.ndarray, result: np.ndarray, mask: np.ndarray, amount: float = 1.0,
@@ -306,7 +342,9 @@ class BuiltinTryOnEngine(BuiltinEngine):
         self.use_cache = bool(options.get("cache", True))
         self.cache_size = int(options.get("cache_size", 32))
         self._garments: OrderedDict[tuple, Garment] = OrderedDict()
-        self.stats = {"garments_prepared": 0, "garment_hits": 0}
+        self._bodies: OrderedDict[str, Any] = OrderedDict()
+        self._pose = None
+        self.stats = {"garments_prepared": 0, "garment_hits": 0, "pose_runs": 0, "box_fits": 0}
 
     def garment(self, request: EditRequest) -> tuple[Garment, bool]:
         """The request's prepared garment and whether it came from the per-worker cache."""
@@ -329,31 +367,98 @@ class BuiltinTryOnEngine(BuiltinEngine):
                 self._garments.popitem(last=False)
         return garment, False
 
+    def body(self, request: EditRequest):
+        """The person's pose (MediaPipe, `masks/body.py`), cached per worker by `image_key`; None
+        when no person is found."""
+        key = request.image_key if self.use_cache else None
+        if key is not None and key in self._bodies:
+            self._bodies.move_to_end(key)
+            return self._bodies[key]
+        if self._pose is None:
+            from editflow.masks.body import PoseModel
+
+            self._pose = PoseModel()
+        found = self._pose.detect(request.image)
+        self.stats["pose_runs"] += 1
+        if key is not None and self.cache_size > 0:
+            self._bodies[key] = found
+            while len(self._bodies) > self.cache_size:
+                self._bodies.popitem(last=False)
+        return found
+
+    def close(self) -> None:
+        if self._pose is not None:
+            self._pose.close()
+            self._pose = None
+
+    def _stage(self, request: EditRequest) -> tuple[bool, np.ndarray, EditRequest | None, EditRequest]:
+        """Whether the garment was cached, its region in the mask, the refill request for the rest
+        of the mask (None when the garment covers it all) and the garment request (its start
+        still without the refill)."""
+        if request.task != "tryon":
+            raise EngineError(f"this engine runs task tryon, not {request.task!r}")
+        if request.reference is None:
+            raise EngineError("task tryon needs a reference image (the garment)")
+        if request.mask.shape != request.image.shape[:2] or not (request.mask > 0).any():
+            raise EngineError("mask is empty or does not match the image: nothing to try on")
+        p = request.params
+        fit = str(p.get("fit", "pose")).lower()
+        if fit not in FITS:
+            raise EngineError(f"params.fit must be one of {', '.join(FITS)}, got {p.get('fit')!r}")
+        garment, cached = self.garment(request)
+        sigma = float(p.get("shading_sigma", 0.04))
+        mode = str(p.get("start", "warp")).lower()
+        inside = request.mask > 0
+        region, albedo = inside, None
+        if fit == "pose" and mode == "warp":
+            body = self.body(request)
+            if body is not None:
+                albedo, footprint = fit_garment(garment, body, request.mask, request.category, p.get("dress_length"))
+                if footprint.sum() >= MIN_FIT * inside.sum():
+                    region = footprint
+                else:
+                    albedo = None
+            if albedo is None:
+                self.stats["box_fits"] += 1
+        garment_mask = np.where(region, request.mask, 0).astype(np.float32)
+        start = shaded_start(request.image, garment_mask, garment, sigma, mode, albedo)
+        params = {k: v for k, v in p.items() if k not in OWN_PARAMS}
+        refill = None
+        if (inside & ~region).any():
+            # the mask outside the garment: inpainted from the person's own patches outside the
+            # mask (skin, background; not the old garment), the garment's region then painted over
+            refill_params = {k: v for k, v in params.items() if k != "reference_mask"}
+            refill = dataclasses.replace(request, task="inpaint", reference=None, strength=None, params=refill_params)
+        params["reference_mask"] = garment.mask
+        strength = DEFAULT_STRENGTH if request.strength is None else request.strength
+        sub = dataclasses.replace(request, image=start, mask=garment_mask, strength=strength,
+                                  reference=garment.rgb, params=params)
+        return cached, garment_mask, refill, sub
+
     def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
         results: list[EditResult | Exception | None] = [None] * len(requests)
-        staged: list[tuple[int, Garment, bool, EditRequest]] = []
+        staged: list[tuple[int, bool, np.ndarray, EditRequest | None, EditRequest]] = []
         for i, request in enumerate(requests):
             try:
-                if request.task != "tryon":
-                    raise EngineError(f"this engine runs task tryon, not {request.task!r}")
-                if request.reference is None:
-                    raise EngineError("task tryon needs a reference image (the garment)")
-                if request.mask.shape != request.image.shape[:2] or not (request.mask > 0).any():
-                    raise EngineError("mask is empty or does not match the image: nothing to try on")
-                garment, cached = self.garment(request)
-                sigma = float(request.params.get("shading_sigma", 0.04))
-                params = {k: v for k, v in request.params.items() if k not in OWN_PARAMS}
-                params["reference_mask"] = garment.mask
-                start = shaded_start(request.image, request.mask, garment, sigma,
-                                     str(request.params.get("start", "warp")).lower())
-                strength = DEFAULT_STRENGTH if request.strength is None else request.strength
-                sub = dataclasses.replace(request, image=start, strength=strength,
-                                          reference=garment.rgb, params=params)
-                staged.append((i, garment, cached, sub))
+                staged.append((i, *self._stage(request)))
             except Exception as exc:
                 results[i] = exc
-        outputs = super().edit_batch([s[3] for s in staged]) if staged else []
-        for (i, _garment, cached, _sub), out in zip(staged, outputs):
+        # 1. the mask refilled from the person (one sampler batch), under the garment's region
+        refills = [(k, s[3]) for k, s in enumerate(staged) if s[3] is not None]
+        refilled = super().edit_batch([r for _, r in refills]) if refills else []
+        for (k, refill), out in zip(refills, refilled):
+            i, cached, region, _, sub = staged[k]
+            if isinstance(out, Exception):
+                results[i] = out
+                continue
+            leftover = (refill.mask > 0) & (region <= 0)
+            start = sub.image.copy()
+            start[leftover] = composite_unmasked(refill.image, out.image, refill.mask)[leftover]
+            staged[k] = (i, cached, region, refill, dataclasses.replace(sub, image=start))
+        staged = [s for s in staged if results[s[0]] is None]
+        # 2. the garment, re-synthesised from its own patches (one sampler batch)
+        outputs = super().edit_batch([s[4] for s in staged]) if staged else []
+        for (i, cached, region, refill, sub), out in zip(staged, outputs):
             if isinstance(out, Exception):
                 results[i] = out
                 continue
@@ -361,9 +466,11 @@ class BuiltinTryOnEngine(BuiltinEngine):
             try:
                 amount = float(request.params.get("keep_shading", 1.0))
                 sigma = float(request.params.get("shading_sigma", 0.04))
-                image = keep_shading(request.image, out.image, request.mask, amount, sigma)
+                image = composite_unmasked(sub.image, out.image, region)
+                image = keep_shading(request.image, image, region, amount, sigma)
                 results[i] = dataclasses.replace(out, image=image, reference_cached=cached,
-                                                 model="patch-prior+shading")
+                                                 model="patch-prior+pose-fit+shading" if refill is not None
+                                                 else "patch-prior+shading")
             except Exception as exc:
                 results[i] = exc
         return [r if r is not None else EngineError("no result") for r in results]

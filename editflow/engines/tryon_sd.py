@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.engines.crop import CropPlan, plan_crop
+from editflow.engines.device import execution_device, freeze, vae_dtype, vae_in
 from editflow.engines.frame import FramePlan, parse_resolution, plan_frame
 from editflow.engines.ipadapter import (
     DEFAULT_IP_ADAPTER_WEIGHT, PLUS_IP_ADAPTER_WEIGHT, EmbeddingCache, IPAdapterSDEngine, IPAdapterSpec, RefJob,
@@ -381,7 +382,7 @@ class ConcatDenoiser(LatentUNetDenoiser):
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: ConcatCondition) -> torch.Tensor:
         c = condition
         cfg = c.uncond_latents is not None
-        dtype, device = self.unet.dtype, self.unet.device
+        dtype, device = self.unet.dtype, execution_device(self.unet)
         outs = []
         for sl in chunks(x_t.shape[0], self.rows_per_call):
             x, ts = x_t[sl], t[sl]
@@ -425,7 +426,7 @@ class ConcatTryOnEngine(JobEngine):
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         model = model or DEFAULT_MODELS["sd"]
         super().__init__(model=model, device=select_device(device), **options)
-        pipe = open_sd_model(self, model, options)
+        pipe = open_sd_model(self, model, options, share=False)  # its attention weights change per row
         unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
         if unet is None or vae is None:
             raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
@@ -438,8 +439,10 @@ class ConcatTryOnEngine(JobEngine):
         for name in ("text_encoder", "text_encoder_2", "safety_checker"):  # no text: free the memory
             if getattr(pipe, name, None) is not None:
                 setattr(pipe, name, None)
+        vae_in(vae, vae_dtype(vae, self.dtype))  # the sampler path's VAE: fp32 where fp16 overflows
         self.switches = apply_switches(pipe, self.runtime, self.device)
-        self.unet, self.vae, self.schedule = unet.eval(), vae.eval(), dict(pipe.scheduler.config)
+        freeze(unet, vae)
+        self.unet, self.vae, self.schedule = unet, vae, dict(pipe.scheduler.config)
         self.rows_per_call = self.runtime.rows_per_call(self.device)
         cross = unet.config.cross_attention_dim
         self.cross_attention_dim = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
@@ -548,6 +551,10 @@ class ConcatTryOnEngine(JobEngine):
         latents, cached = self.cache.get_or_make(key, make)
         job.reference_cached = cached
         return latents
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        with torch.inference_mode():  # cached garment latents keep no autograd graph
+            return super().edit_batch(requests)
 
     def _run(self, jobs: list[ConcatJob]) -> list[EditResult]:
         first = jobs[0]
