@@ -336,6 +336,37 @@ def sync_dir(folder: str | os.PathLike) -> None:
         pass
 
 
+def sync_files(locations: list[str]) -> None:
+    """Make a batch of local files written with ``durable=False`` durable, with their folders:
+    one round of fsyncs, run concurrently so the journal commits them together (one commit per
+    batch, not per file). Object-store writes are durable when their PUT returns: skipped."""
+    paths = [local_path(location) for location in locations if is_local(location)]
+    if not paths:
+        return
+    list(_sync_pool().map(_fsync_file, paths))
+    for folder in {os.path.dirname(path) for path in paths}:
+        sync_dir(folder)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_SYNC_POOL: list = []  # [(pid, executor)]: one pool per process, rebuilt after a fork
+
+
+def _sync_pool():
+    if not _SYNC_POOL or _SYNC_POOL[0][0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+
+        _SYNC_POOL[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync"))]
+    return _SYNC_POOL[0][1]
+
+
 def create_exclusive(location: str | os.PathLike, data: bytes) -> bool:
     """Create a *local* file only if it does not exist (``O_EXCL``); False when it already does."""
     path = local_path(location)
