@@ -46,6 +46,8 @@ def run_local(
 ) -> None:
     """Edit `raw_rows` (a RAW_SCHEMA table or raw dicts) in this process; results go to OUT/results."""
     stages = build_stages(config)
+    writer: WriteStage = stages[-1]
+    writer.sync_per_batch = False  # one round of fsyncs per result file, just before it is written
     total = len(raw_rows) if not isinstance(raw_rows, pa.Table) else raw_rows.num_rows
     done = ok = 0
     buffer: list[Row] = []
@@ -57,11 +59,16 @@ def run_local(
             done += len(finished)
             ok += sum(1 for row in finished if row["status"] == "ok")
             if len(buffer) >= file_rows or time.monotonic() - last_write >= file_seconds:
-                write_result_file(config.out_dir, buffer, config.run_id)
+                _commit(writer, buffer, config)
                 buffer, last_write = [], time.monotonic()
             if progress:
                 progress(done, total, ok, done - ok)
     finally:  # also on Ctrl-C: finished rows are kept
         if buffer:
-            write_result_file(config.out_dir, buffer, config.run_id)
+            _commit(writer, buffer, config)
 
+
+def _commit(writer: WriteStage, rows: list[Row], config: RunConfig) -> None:
+    """The buffered rows' images made durable, then their result file written (the commit)."""
+    writer.sync(rows)
+    write_result_file(config.out_dir, rows, config.run_id)

@@ -299,8 +299,8 @@ class EditStage(Stage):
 class WriteStage(Stage):
     """Encode and atomically write the output image and its mask inside OUT; finish the row.
 
-    Files of a batch are made durable together (one round of fsyncs per batch), before any
-    result row names them.
+    Files are made durable together (one round of fsyncs per batch, or per `sync` call when the
+    caller syncs before it commits its result file), before any result row names them.
     """
 
     name = "write"
@@ -313,20 +313,26 @@ class WriteStage(Stage):
         if config.write_masks:
             storage.makedirs(self.masks)
         self._written: list[str] = []
+        self.sync_per_batch = True  # the local runner syncs once per result file instead
 
     def __call__(self, rows: list[Row]) -> list[Row]:
-        self._written = []
         rows = super().__call__(rows)
-        try:
-            storage.sync_files(self._written)
-        except OSError as exc:  # a file that cannot be made durable is not reported as done
-            for row in rows:
-                if row["status"] == "ok":
-                    mark_error(row, self.name, exc)
+        if self.sync_per_batch:
+            self.sync(rows)
         for row in rows:  # nothing in flight leaves the pipeline
             for key in (*PAYLOAD_KEYS, "_edit"):
                 row.pop(key, None)
         return rows
+
+    def sync(self, rows: list[Row]) -> None:
+        """Make every file written since the last sync durable; if that fails, `rows` are not ok."""
+        written, self._written = self._written, []
+        try:
+            storage.sync_files(written)
+        except OSError as exc:  # a file that cannot be made durable is not reported as done
+            for row in rows:
+                if row["status"] == "ok":
+                    mark_error(row, self.name, exc)
 
     def _write(self, folder: str, name: str, data: bytes) -> None:
         location = storage.child(folder, name)
