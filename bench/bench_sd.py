@@ -127,7 +127,7 @@ def throughput_part(c: dict, device: str, size: int, steps: int, batches: tuple[
 
     pipe = StableDiffusionInpaintPipeline(**c, safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
-    engine = SDEngine.from_pipeline(pipe, device=device, model="random-sd15-inpaint")
+    engine = SDEngine(pipe, device=device, model="random-sd15-inpaint")
     pipe = engine.pipe
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     reqs = requests(max(batches), size, steps)

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from editflow.manifest import CATEGORIES, ManifestError, read_table_file
+from editflow.manifest import ManifestError, read_table_file
+from editflow.tasks import CATEGORIES
 
 PAIR_SEPARATOR = "+"
 

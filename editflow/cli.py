@@ -17,6 +17,7 @@ from editflow import __version__
 from editflow.config import OUTPUT_FORMATS, RunConfig
 from editflow.engines import DEFAULT_ENGINE, engine_names
 from editflow.manifest import TASKS, ManifestError, RowError, parse_row, read_manifest
+from editflow.tasks import CATEGORIES
 
 EXIT_OK, EXIT_FATAL, EXIT_ROW_ERRORS = 0, 1, 2
 
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--prompt", default=None)
     edit.add_argument("--negative-prompt", default=None)
     edit.add_argument("--reference", default=None, help="reference image (garment for tryon, face for makeup)")
-    edit.add_argument("--category", default=None, choices=("upper", "lower", "dress"))
+    edit.add_argument("--category", default=None, choices=CATEGORIES)
     edit.add_argument("--seed", type=int, default=None)
     edit.add_argument("--steps", type=int, default=None)
     edit.add_argument("--strength", type=float, default=None)

@@ -17,7 +17,7 @@ from tests.conftest_models import empty_hub_cache, tiny_models  # noqa: F401 (fi
 def ddpm(tiny_models):
     from editflow.engines.ddpm import DDPMEngine
 
-    return DDPMEngine(model=str(tiny_models["ddpm"]), device="cpu")
+    return DDPMEngine.from_pretrained(model=str(tiny_models["ddpm"]), device="cpu")
 
 
 def req(image, mask, seed=1, task="repaint", rid="r", **kw):
@@ -91,4 +91,4 @@ def test_missing_hub_model_message(empty_hub_cache):
     from editflow.engines.ddpm import DDPMEngine
 
     with pytest.raises(ModelNotAvailableError, match=r"google/ddpm-ema-celebahq-256.*hf download"):
-        DDPMEngine(device="cpu")
+        DDPMEngine.from_pretrained(device="cpu")

@@ -24,7 +24,7 @@ def engine(tiny_models):
     def get(name: str, **options):
         key = (name, tuple(sorted(options.items())))
         if key not in _ENGINES:
-            _ENGINES[key] = SDEngine(model=str(tiny_models[name]), device="cpu", **options)
+            _ENGINES[key] = SDEngine.from_pretrained(model=str(tiny_models[name]), device="cpu", **options)
         return _ENGINES[key]
 
     return get

@@ -40,7 +40,7 @@ def engine(tiny_models, tiny_ip_adapter):
     def get(name: str = "sd-inpaint", **options):
         key = (name, tuple(sorted(options.items())))
         if key not in _ENGINES:
-            _ENGINES[key] = get_engine_class("sd", "makeup")(model=str(tiny_models[name]), device="cpu",
+            _ENGINES[key] = get_engine_class("sd", "makeup").from_pretrained(model=str(tiny_models[name]), device="cpu",
                                                              ip_adapter=str(tiny_ip_adapter), **options)
         return _ENGINES[key]
 

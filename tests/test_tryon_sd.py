@@ -33,7 +33,7 @@ _ENGINES: dict = {}
 def engine(name: str, model, **options):
     key = (name, str(model), tuple(sorted(options.items())))
     if key not in _ENGINES:
-        _ENGINES[key] = get_engine_class(name, "tryon")(model=str(model), device="cpu", **options)
+        _ENGINES[key] = get_engine_class(name, "tryon").from_pretrained(model=str(model), device="cpu", **options)
     return _ENGINES[key]
 
 
@@ -141,7 +141,7 @@ def test_bad_rows_are_row_errors(ipa):
 
 
 def test_missing_ip_adapter_names_the_download(tiny_models, empty_hub_cache):
-    e = get_engine_class("sd-ipadapter", "tryon")(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    e = get_engine_class("sd-ipadapter", "tryon").from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
     (r,) = e.edit_batch([tryon("a")])
     assert isinstance(r, ModelNotAvailableError)
     assert "hf download h94/IP-Adapter models/ip-adapter_sd15.safetensors" in str(r)
@@ -252,7 +252,7 @@ def test_concat_needs_attention_weights_and_an_inpainting_unet(tiny_models):
     (r,) = e.edit_batch([tryon("a")])
     assert isinstance(r, EngineError) and "params.attention" in str(r)
     with pytest.raises(EngineError, match="9-channel"):
-        get_engine_class("concat", "tryon")(model=str(tiny_models["sd"]), device="cpu")
+        get_engine_class("concat", "tryon").from_pretrained(model=str(tiny_models["sd"]), device="cpu")
 
 
 # -- through `editflow run` ---------------------------------------------------------------------

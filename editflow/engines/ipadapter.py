@@ -18,7 +18,7 @@ follow editflow.models: with HF_HUB_OFFLINE nothing is fetched, and a missing fi
 `ModelNotAvailableError` naming the ``hf download`` command.
 
 Image embeddings (the CLIP image embeds, or penultimate hidden states for IP-Adapter-plus) are
-computed one reference at a time and kept per worker in `EmbeddingCache`, keyed by the
+computed one reference at a time and kept per worker in an `LRUCache`, keyed by the
 reference's content hash (``EditRequest.reference_key``), the adapter and the crop, so a catalog
 run encodes each garment (or makeup face) once per actor, not once per pair.
 
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,10 @@ import torch
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
-from editflow.engines.sd import Job, SDEngine, generators
+from editflow.engines.params import param
+from editflow.engines.sd import SDEngine
+from editflow.engines.window import Job, WindowParams, generators
+from editflow.lru import LRUCache
 from editflow.models import (
     ModelNotAvailableError, hub_cache_dir, is_offline, parse_model_spec,
 )
@@ -52,7 +54,7 @@ from editflow.models import (
 __all__ = [
     "DEFAULT_IP_ADAPTER", "DEFAULT_IP_ADAPTER_WEIGHT", "DEFAULT_IMAGE_ENCODER_SUBFOLDER", "DEFAULT_IP_SCALE",
     "IPAdapterSpec", "IPAdapterFiles", "resolve_ip_adapter", "read_ip_adapter", "check_ip_adapter",
-    "load_image_encoder", "IPAdapter", "EmbeddingCache", "IPCondition", "IPAdapterDenoiser", "RefJob",
+    "load_image_encoder", "IPAdapter", "IPAdapterParams", "IPCondition", "IPAdapterDenoiser", "RefJob",
     "IPAdapterSDEngine", "pad_to_square", "array_key",
 ]
 
@@ -64,6 +66,17 @@ FETCH_HINT = (
     "hf download h94/IP-Adapter models/ip-adapter_sd15.safetensors models/image_encoder/config.json "
     "models/image_encoder/model.safetensors"
 )
+
+
+@dataclass(frozen=True)
+class IPAdapterParams(WindowParams):
+    """Row params of the IP-Adapter engines (row first, then the engine option of the same name, then
+    the default)."""
+
+    ip_adapter: str | None = param(None, f"hub id, folder or .safetensors (default {DEFAULT_IP_ADAPTER})")
+    ip_adapter_weight: str | None = param(None, f"weight file inside the repo / folder (default {DEFAULT_IP_ADAPTER_WEIGHT})")
+    image_encoder: str | None = param(None, "CLIP vision folder, hub id or subfolder (default: next to the weights)")
+    ip_adapter_scale: float | None = param(None, f"strength of the image prompt (default {DEFAULT_IP_SCALE})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,34 +335,6 @@ def pad_to_square(image: np.ndarray, fill: int = 255) -> np.ndarray:
     return out
 
 
-class EmbeddingCache:
-    """A small per-worker LRU of reference encodings (CPU tensors)."""
-
-    def __init__(self, max_items: int = 512, enabled: bool = True) -> None:
-        self.max_items = max(0, int(max_items))
-        self.enabled = bool(enabled) and self.max_items > 0
-        self._items: OrderedDict[tuple, Any] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get_or_make(self, key: tuple, make) -> tuple[Any, bool]:
-        """(value, True) when cached, else (make(), False) and remember it."""
-        if self.enabled and key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key], True
-        self.misses += 1
-        value = make()
-        if self.enabled:
-            self._items[key] = value
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-        return value, False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class IPAdapter:
     """An IP-Adapter loaded into one pipeline (its UNet's processors) plus its CLIP image encoder."""
 
@@ -448,17 +433,14 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
 # The shared engine base
 
 
-def sampler_settings(request: EditRequest, default_guidance: float, default_steps: int,
+def sampler_settings(request: EditRequest, p: WindowParams, default_guidance: float, default_steps: int,
                      default_strength: float = 1.0) -> dict[str, Any]:
     """The sampler settings a row asks for (engine defaults filled in), checked before any work."""
-    from editflow.diffusion.sampler import SamplerConfig
-
-    p = request.params or {}
     strength = float(request.strength if request.strength is not None else default_strength)
     steps = int(request.steps or default_steps)
     jumps = (int(request.jump_length or 1), int(request.jump_n_sample or 1))
-    scheduler = str(p.get("scheduler", "ddim")).lower()
-    eta = float(p.get("eta", 0.0))
+    scheduler = p.scheduler.lower()
+    eta = float(p.eta)
     SamplerConfig(steps=steps, strength=strength, scheduler=scheduler, eta=eta, jump_length=jumps[0],
                   jump_n_sample=jumps[1]).validate()
     guidance = float(request.guidance_scale if request.guidance_scale is not None else default_guidance)
@@ -483,9 +465,13 @@ class IPAdapterSDEngine(SDEngine):
     """SD (any UNet the `sd` engine takes) + IP-Adapter through the masked sampler. Subclasses
     implement `_prepare(index, request) -> RefJob`."""
 
-    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
-        super().__init__(model=model, device=device, **options)
-        self.cache = EmbeddingCache(int(options.get("cache_size", 512)), enabled=bool(options.get("cache", True)))
+    Params = IPAdapterParams
+    weights = ("SD inpainting + IP-Adapter (`params`: `ip_adapter`, `ip_adapter_weight`, `image_encoder`, "
+               "`ip_adapter_scale`; default `h94/IP-Adapter` `models/ip-adapter_sd15.safetensors`)")
+
+    def __init__(self, pipe: Any, model: str = "in-memory", device: str | None = None, **options: Any) -> None:
+        super().__init__(pipe, model=model, device=device, **options)
+        self.cache: LRUCache = LRUCache(int(options.get("cache_size", 512)), enabled=bool(options.get("cache", True)))
         self.adapter: IPAdapter | None = None
 
     def _setup(self, pipe: Any) -> None:
@@ -504,7 +490,7 @@ class IPAdapterSDEngine(SDEngine):
         return self.adapter
 
     def spec_for(self, request: EditRequest) -> IPAdapterSpec:
-        return IPAdapterSpec.from_params(request.params, self.options)
+        return IPAdapterSpec.from_params(self.params_of(request).given(), self.options)
 
     def embeddings(self, job: RefJob, adapter: IPAdapter) -> tuple[torch.Tensor, torch.Tensor]:
         key = (job.reference_key or array_key(job.reference), job.spec.weights_key)

@@ -28,14 +28,18 @@ and batching are the `sd` engine's: per-row CPU generators, one row per network 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from editflow.engines.base import EditRequest, EditResult, EngineError
-from editflow.engines.crop import plan_crop
-from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, pad_to_square, sampler_settings
-from editflow.engines.sd import check_request
+from editflow.engines.ipadapter import (
+    IPAdapterParams, IPAdapterSDEngine, RefJob, array_key, pad_to_square, sampler_settings,
+)
+from editflow.engines.makeup import MakeupFaceParams, MakeupFaces, makeup_start
+from editflow.engines.params import param
+from editflow.engines.window import check_request, plan_window
 
 __all__ = ["SDMakeupEngine", "face_crop", "DEFAULT_PROMPT"]
 
@@ -60,33 +64,28 @@ def face_crop(image: np.ndarray, box: tuple[float, float, float, float], margin:
     return pad_to_square(image[top:bottom, left:right], fill=0)
 
 
+@dataclass(frozen=True)
+class SDMakeupParams(IPAdapterParams, MakeupFaceParams):
+    """Row params of the `sd` makeup: the IP-Adapter window's, the start's, and the face crop's."""
+
+    face_margin: float = param(DEFAULT_FACE_MARGIN, "the reference face crop's margin, fraction of the face box")
+
+
 class SDMakeupEngine(IPAdapterSDEngine):
     """Makeup transfer: colour-transfer start + masked SDEdit with an IP-Adapter on the reference face."""
 
     name = "sd"
     tasks = TASKS
+    Params = SDMakeupParams
+    weights = "SD + IP-Adapter"
+    summary = "the builtin makeup start, then masked latent SDEdit (strength 0.5) with IP-Adapter on the reference face crop"
 
-    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
-        super().__init__(model=model, device=device, **options)
-        from editflow.engines.makeup import FaceCache
-
-        size = int(options.get("cache_size", 32)) if options.get("cache", True) else 0
-        self.references = FaceCache(size)  # the builtin makeup's prepared faces (landmarks, part masks)
-        self.targets = FaceCache(size)
-        self._landmarker = None
-
-    @property
-    def landmarker(self):
-        if self._landmarker is None:
-            from editflow.masks.face import FaceLandmarker
-
-            self._landmarker = FaceLandmarker()
-        return self._landmarker
+    def __init__(self, pipe: Any, model: str = "in-memory", device: str | None = None, **options: Any) -> None:
+        super().__init__(pipe, model=model, device=device, **options)
+        self.faces = MakeupFaces(options)  # the builtin makeup's prepared faces (landmarks, part masks)
 
     def close(self) -> None:
-        if self._landmarker is not None:
-            self._landmarker.close()
-            self._landmarker = None
+        self.faces.close()
 
     def start(self, request: EditRequest) -> tuple[np.ndarray, np.ndarray, str]:
         """(start image, reference face crop, crop cache key) for a makeup row.
@@ -105,28 +104,15 @@ class SDMakeupEngine(IPAdapterSDEngine):
             cv2.setNumThreads(threads)
 
     def _start(self, request: EditRequest) -> tuple[np.ndarray, np.ndarray, str]:
-        from editflow.engines.makeup import MAKEUP_PARTS, makeup_start
-
-        p = request.params or {}
-        ref, _ = self.references.get(request.reference_key, request.reference, self.landmarker,
-                                     p.get("reference_face"), "reference image")
-        tgt, _ = self.targets.get(request.image_key, request.image, self.landmarker, p.get("face"), "image")
-        if p.get("parts"):
-            parts = p["parts"]
-        else:  # as the builtin: every part of the target face lying mostly inside the row's mask
-            mask = request.mask > 0
-            parts = tuple(n for n in MAKEUP_PARTS if tgt.parts[n].any()
-                          and (tgt.parts[n] & mask).sum() > 0.5 * tgt.parts[n].sum())
-            if not parts:
-                raise EngineError("the mask covers no face part (lips, eyes, eyeshadow, brows, skin) "
-                                  "of the image's face; give params.parts to choose some")
+        p = self.params_of(request)
+        ref, tgt, parts, _ = self.faces.prepare(request, p)
         start = np.asarray(makeup_start(request.image, request.reference, parts, target_face=tgt, reference_face=ref,
-                                        warp_weight=p.get("warp_weight")))
+                                        warp_weight=p.warp_weight))
         if start.shape != request.image.shape:
             raise EngineError(f"makeup start is {start.shape}, expected {request.image.shape}")
-        margin = float(p.get("face_margin", DEFAULT_FACE_MARGIN))
+        margin = float(p.face_margin)
         crop = face_crop(request.reference, ref.face.box, margin)
-        key = f"{request.reference_key or array_key(request.reference)}:face:{p.get('reference_face')}:{margin:.4f}"
+        key = f"{request.reference_key or array_key(request.reference)}:face:{p.reference_face}:{margin:.4f}"
         return start.astype(np.uint8, copy=False), crop, key
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -138,12 +124,11 @@ class SDMakeupEngine(IPAdapterSDEngine):
         ref = request.reference
         if ref.ndim != 3 or ref.shape[2] != 3 or ref.dtype != np.uint8:
             raise EngineError(f"the makeup reference must be H×W×3 uint8, got {ref.shape} {ref.dtype}")
-        p = request.params or {}
+        p = self.params_of(request)
         spec = self.spec_for(request)
         start, crop, crop_key = self.start(request)
-        plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
-                         float(p.get("context", 0.5)))
-        s = sampler_settings(request, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH)
+        plan = plan_window(request, p, self.resolution, self.multiple)
+        s = sampler_settings(request, p, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH)
         request = dataclasses.replace(request, prompt=request.prompt or DEFAULT_PROMPT)
         return RefJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), "sampler",
                       s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},

@@ -37,9 +37,8 @@ Per row:
    hole in the new ones — but it does still show, faintly: albedo and shading are not separable
    from one photo, and a garment pattern coarser than the low-pass is flattened.
 
-Row params (besides the builtin's): `reference_mask`, `garment_region`, `start`, `keep_shading`,
-`shading_sigma`, `bg_threshold` (ΔE from the border colour that counts as garment, default 12).
-The row's `strength` (default 0.2) and `steps` go to the sampler as usual.
+Row params: `TryOnParams` (below; the builtin's plus the garment's). The row's `strength`
+(default 0.2) and `steps` go to the sampler as usual.
 Engine options: `cache` (default True; False prepares the garment on every row), `cache_size`
 (garments kept per worker, default 32).
 """
@@ -47,7 +46,6 @@ Engine options: `cache` (default True; False prepares the garment on every row),
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,15 +53,26 @@ import cv2
 import numpy as np
 
 from editflow.engines.base import EditRequest, EditResult, EngineError
-from editflow.engines.builtin import BuiltinEngine
+from editflow.engines.builtin import BuiltinEngine, BuiltinParams
+from editflow.engines.params import param
+from editflow.lru import LRUCache
+from editflow.tasks import CATEGORIES
 
-CATEGORIES = ("upper", "lower", "dress")
 REGIONS = ("all", "top", "bottom")
 TALL = 1.6  # foreground height / width above which a garment photo is a dress or a full outfit
 SHADING_CLIP = (0.35, 1.6)
 DEFAULT_STRENGTH = 0.2
-#: row params this engine reads itself (the rest go to the builtin sampler)
-OWN_PARAMS = ("garment_region", "keep_shading", "shading_sigma", "bg_threshold", "start")
+
+
+@dataclass(frozen=True)
+class TryOnParams(BuiltinParams):
+    """Row params of the weight-free try-on: the builtin sampler's plus the garment's."""
+
+    garment_region: str | None = param(None, "all, top or bottom of the garment photo (default: from the category)")
+    start: str = param("warp", "warp (the garment stretched onto the mask's box) or flat (its mean colour)")
+    keep_shading: float = param(1.0, "how much of the person's shading comes back (0 skips it)")
+    shading_sigma: float = param(0.04, "shading low-pass, fraction of the mask box's long side")
+    bg_threshold: float = param(12.0, "ΔE from the photo's border colour that counts as garment")
 
 
 @dataclass
@@ -301,69 +310,46 @@ class BuiltinTryOnEngine(BuiltinEngine):
     name = "builtin"
     tasks = frozenset({"tryon"})
 
+    Params = TryOnParams
+    summary = ("a weight-free approximation: the garment photo's foreground crop laid onto the garment mask, "
+               "refined by the patch-prior sampler with the garment's patches (strength 0.2), then the person's "
+               "low-frequency shading put back; no folds, no 3-D shape")
+
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         super().__init__(model=model, device=device, **options)
-        self.use_cache = bool(options.get("cache", True))
-        self.cache_size = int(options.get("cache_size", 32))
-        self._garments: OrderedDict[tuple, Garment] = OrderedDict()
-        self.stats = {"garments_prepared": 0, "garment_hits": 0}
+        self.garments: LRUCache[Garment] = LRUCache(int(options.get("cache_size", 32)), bool(options.get("cache", True)))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"garments_prepared": self.garments.misses, "garment_hits": self.garments.hits}
 
     def garment(self, request: EditRequest) -> tuple[Garment, bool]:
         """The request's prepared garment and whether it came from the per-worker cache."""
-        p = request.params
-        given = p.get("reference_mask")
-        threshold = float(p.get("bg_threshold", 12.0))
+        p = self.params_of(request)
         key = None
-        if self.use_cache and request.reference_key and given is None:
-            key = (request.reference_key, request.category, p.get("garment_region"), threshold)
-            cached = self._garments.get(key)
-            if cached is not None:
-                self._garments.move_to_end(key)
-                self.stats["garment_hits"] += 1
-                return cached, True
-        garment = prepare_garment(request.reference, request.category, given, p.get("garment_region"), threshold)
-        self.stats["garments_prepared"] += 1
-        if key is not None and self.cache_size > 0:
-            self._garments[key] = garment
-            while len(self._garments) > self.cache_size:
-                self._garments.popitem(last=False)
-        return garment, False
+        if request.reference_key and p.reference_mask is None:
+            key = (request.reference_key, request.category, p.garment_region, float(p.bg_threshold))
+        return self.garments.get_or_make(key, lambda: prepare_garment(
+            request.reference, request.category, p.reference_mask, p.garment_region, float(p.bg_threshold)))
 
-    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
-        results: list[EditResult | Exception | None] = [None] * len(requests)
-        staged: list[tuple[int, Garment, bool, EditRequest]] = []
-        for i, request in enumerate(requests):
-            try:
-                if request.task != "tryon":
-                    raise EngineError(f"this engine runs task tryon, not {request.task!r}")
-                if request.reference is None:
-                    raise EngineError("task tryon needs a reference image (the garment)")
-                if request.mask.shape != request.image.shape[:2] or not (request.mask > 0).any():
-                    raise EngineError("mask is empty or does not match the image: nothing to try on")
-                garment, cached = self.garment(request)
-                sigma = float(request.params.get("shading_sigma", 0.04))
-                params = {k: v for k, v in request.params.items() if k not in OWN_PARAMS}
-                params["reference_mask"] = garment.mask
-                start = shaded_start(request.image, request.mask, garment, sigma,
-                                     str(request.params.get("start", "warp")).lower())
-                strength = DEFAULT_STRENGTH if request.strength is None else request.strength
-                sub = dataclasses.replace(request, image=start, strength=strength,
-                                          reference=garment.rgb, params=params)
-                staged.append((i, garment, cached, sub))
-            except Exception as exc:
-                results[i] = exc
-        outputs = super().edit_batch([s[3] for s in staged]) if staged else []
-        for (i, _garment, cached, _sub), out in zip(staged, outputs):
-            if isinstance(out, Exception):
-                results[i] = out
-                continue
-            request = requests[i]
-            try:
-                amount = float(request.params.get("keep_shading", 1.0))
-                sigma = float(request.params.get("shading_sigma", 0.04))
-                image = keep_shading(request.image, out.image, request.mask, amount, sigma)
-                results[i] = dataclasses.replace(out, image=image, reference_cached=cached,
-                                                 model="patch-prior+shading")
-            except Exception as exc:
-                results[i] = exc
-        return [r if r is not None else EngineError("no result") for r in results]
+    def before(self, request: EditRequest) -> tuple[EditRequest, bool]:
+        """The garment laid onto the mask with the person's shading: the sampler's start."""
+        if request.task != "tryon":
+            raise EngineError(f"this engine runs task tryon, not {request.task!r}")
+        if request.reference is None:
+            raise EngineError("task tryon needs a reference image (the garment)")
+        if request.mask.shape != request.image.shape[:2] or not (request.mask > 0).any():
+            raise EngineError("mask is empty or does not match the image: nothing to try on")
+        garment, cached = self.garment(request)
+        p = self.params_of(request)
+        start = shaded_start(request.image, request.mask, garment, float(p.shading_sigma), p.start.lower())
+        strength = DEFAULT_STRENGTH if request.strength is None else request.strength
+        sampler_params = dataclasses.replace(p, reference_mask=garment.mask)
+        return dataclasses.replace(request, image=start, strength=strength, reference=garment.rgb,
+                                   typed_params=sampler_params), cached
+
+    def after(self, request: EditRequest, result: EditResult, cached: bool) -> EditResult:
+        """The person's low-frequency shading put back into the sampler's result."""
+        p = self.params_of(request)
+        image = keep_shading(request.image, result.image, request.mask, float(p.keep_shading), float(p.shading_sigma))
+        return dataclasses.replace(result, image=image, reference_cached=cached, model="patch-prior+shading")

@@ -53,21 +53,22 @@ import torch
 import torch.nn.functional as F
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
-from editflow.engines.crop import CropPlan, plan_crop
-from editflow.engines.ipadapter import EmbeddingCache, IPAdapterSDEngine, RefJob, pad_to_square, sampler_settings
+from editflow.engines.base import EditRequest, EditResult, EngineError
+from editflow.engines.crop import CropPlan
+from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, pad_to_square, sampler_settings
 from editflow.engines.latent import LatentUNetDenoiser, chunks, guided_epsilon
-from editflow.engines.sd import check_request, generators, open_sd_model
-from editflow.models import (
-    DEFAULT_MODELS, ModelNotAvailableError, apply_switches, select_device,
-)
+from editflow.engines.params import param
+from editflow.engines.sd import SDEngine
+from editflow.engines.window import WindowParams, check_request, generators, plan_window
+from editflow.lru import LRUCache
+from editflow.models import ModelInfo, ModelNotAvailableError
+from editflow.tasks import CATEGORIES
 
 __all__ = [
     "CATEGORIES", "default_prompt", "check_tryon", "SDIPAdapterTryOnEngine", "ConcatTryOnEngine",
     "attention_parameters", "load_attention_weights", "garment_window",
 ]
 
-CATEGORIES = ("upper", "lower", "dress")
 TASKS = frozenset({"tryon"})
 _GARMENT_WORDS = {"upper": "an upper-body garment", "lower": "a lower-body garment", "dress": "a dress"}
 DEFAULT_STEPS = 30
@@ -89,9 +90,9 @@ def check_tryon(request: EditRequest, engine: str) -> str:
         raise EngineError(f"the garment reference must be H×W×3 uint8, got {ref.shape} {ref.dtype}")
     category = (request.category or "").strip().lower()
     if not category:
-        raise EngineError("tryon needs a category (upper, lower, dress)")
+        raise EngineError(f"tryon needs a category ({', '.join(CATEGORIES)})")
     if category not in CATEGORIES:
-        raise EngineError(f"unknown try-on category {request.category!r}; expected one of upper, lower, dress")
+        raise EngineError(f"unknown try-on category {request.category!r}; expected one of {', '.join(CATEGORIES)}")
     return category
 
 
@@ -104,14 +105,21 @@ class SDIPAdapterTryOnEngine(IPAdapterSDEngine):
 
     name = "sd-ipadapter"
     tasks = TASKS
+    models = (
+        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint + IP-Adapter (try-on)",
+                  "any SD model `sd` takes; the adapter comes from params ip_adapter"),
+        ModelInfo("h94/IP-Adapter", "IP-Adapter weights + CLIP image encoder",
+                  "models/ip-adapter_sd15.safetensors and models/image_encoder (the params' default)"),
+    )
+    summary = ("SD inpainting conditioned on the garment image through diffusers' `load_ip_adapter`, prompt optional "
+               "(default from the category), through editflow's sampler")
 
     def _prepare(self, index: int, request: EditRequest) -> RefJob:  # type: ignore[override]
         category = check_tryon(request, self.name)
-        p = request.params or {}
+        p = self.params_of(request)
         spec = self.spec_for(request)
-        plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
-                         float(p.get("context", 0.5)))
-        s = sampler_settings(request, IPADAPTER_GUIDANCE, DEFAULT_STEPS)
+        plan = plan_window(request, p, self.resolution, self.multiple)
+        s = sampler_settings(request, p, IPADAPTER_GUIDANCE, DEFAULT_STEPS)
         request = dataclasses.replace(request, prompt=request.prompt or default_prompt(category))
         return RefJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), "sampler",
                       s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},
@@ -290,48 +298,58 @@ class ConcatJob:
                 self.attention, self.extra.get("cross"))
 
 
-class ConcatTryOnEngine(JobEngine):
-    """CatVTON-style try-on: person and garment latents side by side in one inpainting UNet."""
+@dataclass(frozen=True)
+class ConcatParams(WindowParams):
+    """Row params of the `concat` try-on (row first, then the engine option of the same name)."""
+
+    attention: str | None = param(None, "the self-attention (attn1) .safetensors checkpoint, or none for the base UNet")
+    cross_attention: str | None = param(None, "skip (default: the layers pass their input through) or zeros")
+    garment_fill: int = param(255, "grey level the garment is padded with to the window's shape")
+
+
+class ConcatTryOnEngine(SDEngine):
+    """CatVTON-style try-on: person and garment latents side by side in one inpainting UNet
+    (the `sd` engine's loading and setup, then no text and the attention layers swapped)."""
 
     name = "concat"
     tasks = TASKS
+    Params = ConcatParams
+    models = (
+        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel) for concat try-on",
+                  "plus your self-attention checkpoint (.safetensors) in params attention"),
+    )
+    weights = ("a 9-channel SD inpainting model + your self-attention checkpoint (`params.attention`, `.safetensors` "
+               "of `attn1` weights)")
+    summary = ("CatVTON-style, implemented from the paper: person and garment latents side by side in one UNet, the "
+               "person half denoised under the mask, no text encoder, through editflow's sampler")
 
-    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
-        model = model or DEFAULT_MODELS["sd"]
-        super().__init__(model=model, device=select_device(device), **options)
-        pipe = open_sd_model(self, model, options)
-        unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
-        if unet is None or vae is None:
-            raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
-        if int(unet.config.in_channels) != 9:
+    def _setup(self, pipe: Any) -> None:
+        model, unet = self.model, getattr(pipe, "unet", None)
+        if unet is not None and int(unet.config.in_channels) != 9:
             raise EngineError(f"engine concat needs an SD inpainting checkpoint (9-channel UNet); {model!r} has "
                               f"{unet.config.in_channels} input channels")
-        if getattr(pipe, "text_encoder_2", None) is not None or unet.config.addition_embed_type is not None:
+        if unet is not None and (getattr(pipe, "text_encoder_2", None) is not None
+                                 or unet.config.addition_embed_type is not None):
             raise EngineError("engine concat runs SD 1.x/2.x inpainting UNets, not SDXL")
         for name in ("text_encoder", "text_encoder_2", "safety_checker"):  # no text: free the memory
             if getattr(pipe, name, None) is not None:
                 setattr(pipe, name, None)
-        self.switches = apply_switches(pipe, self.runtime, self.device)
-        self.unet, self.vae, self.schedule = unet.eval(), vae.eval(), dict(pipe.scheduler.config)
-        self.rows_per_call = self.runtime.rows_per_call(self.device)
-        self.base = LatentUNetDenoiser(unet, vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
-                                       self.rows_per_call)
-        sample = unet.config.sample_size
-        sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-        self.resolution = int(sample) * self.base.scale_factor
-        self.multiple = max(8, self.base.scale_factor)
-        cross = unet.config.cross_attention_dim
+        super()._setup(pipe)
+        self.unet, self.vae, self.schedule = pipe.unet.eval(), pipe.vae.eval(), dict(pipe.scheduler.config)
+        self.base = self.denoiser
+        cross = self.unet.config.cross_attention_dim
         self.cross_attention_dim = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
-        self._processors = dict(unet.attn_processors)
+        self._processors = dict(self.unet.attn_processors)
         self._cross_mode: str | None = None
-        self._original = {k: v.detach().clone() for k, v in attention_parameters(unet).items()}
+        self._original = {k: v.detach().clone() for k, v in attention_parameters(self.unet).items()}
         self.attention: str | None = None
-        self.cache = EmbeddingCache(int(options.get("cache_size", 256)), enabled=bool(options.get("cache", True)))
+        self.cache: LRUCache = LRUCache(int(self.options.get("cache_size", 256)),
+                                        enabled=bool(self.options.get("cache", True)))
 
     # -- per-row settings ------------------------------------------------------------------
 
     def _attention_spec(self, request: EditRequest) -> str:
-        spec = (request.params or {}).get("attention") or self.options.get("attention")
+        spec = self.params_of(request).attention or self.options.get("attention")
         if not spec:
             raise EngineError(
                 "engine concat needs self-attention weights: params.attention (or the engine option `attention`) = "
@@ -367,14 +385,13 @@ class ConcatTryOnEngine(JobEngine):
 
     def _prepare(self, index: int, request: EditRequest) -> ConcatJob:
         check_tryon(request, self.name)
-        p = request.params or {}
-        cross = str(p.get("cross_attention", self.options.get("cross_attention", "skip"))).lower()
+        p = self.params_of(request)
+        cross = str(p.cross_attention or self.options.get("cross_attention", "skip")).lower()
         if cross not in ("skip", "zeros"):
             raise EngineError(f"params.cross_attention must be skip or zeros, got {cross!r}")
-        plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
-                         float(p.get("context", 0.5)))
-        settings = sampler_settings(request, CONCAT_GUIDANCE, DEFAULT_STEPS)
-        fill = int(p.get("garment_fill", 255))
+        plan = plan_window(request, p, self.resolution, self.multiple)
+        settings = sampler_settings(request, p, CONCAT_GUIDANCE, DEFAULT_STEPS)
+        fill = int(p.garment_fill)
         job = ConcatJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), settings,
                         self._attention_spec(request), fill)
         job.extra["cross"] = cross
@@ -382,7 +399,7 @@ class ConcatTryOnEngine(JobEngine):
 
     def garment_latents(self, job: ConcatJob) -> torch.Tensor:
         h, w = job.plan.proc_size
-        key = (job.request.reference_key or _array_key(job.request.reference), h, w, job.fill)
+        key = (job.request.reference_key or array_key(job.request.reference), h, w, job.fill)
 
         def make() -> torch.Tensor:
             window = garment_window(job.request.reference, h, w, job.fill).to(torch.device(self.device))
@@ -420,8 +437,3 @@ class ConcatTryOnEngine(JobEngine):
             ))
         return results
 
-
-def _array_key(array: np.ndarray) -> str:
-    from editflow.engines.ipadapter import array_key
-
-    return array_key(array)

@@ -26,8 +26,7 @@ import numpy as np
 
 from editflow.masks.face import MaskModelError, import_mediapipe, start_solution
 from editflow.errors import EditflowError
-
-GARMENT_CATEGORIES = ("upper", "lower", "dress")
+from editflow.tasks import CATEGORIES as GARMENT_CATEGORIES
 
 # MediaPipe Pose landmark indices (BlazePose 33-point topology)
 NOSE, L_EAR, R_EAR = 0, 7, 8

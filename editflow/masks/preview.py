@@ -22,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from editflow.tasks import CATEGORIES
+
 MANIFEST_SUFFIXES = (".parquet", ".pq", ".csv", ".jsonl", ".ndjson", ".json")
 TINT = np.array([255, 40, 90], np.float32)  # magenta-red: visible on skin, clothes and sky
 
@@ -51,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "Default: for a manifest each row's own mask, for an image auto")
     parser.add_argument("-o", "--out", required=True, help="folder for the masks, overlays and masks.jsonl")
     parser.add_argument("--task", default="inpaint", help="task for an image (decides what auto means; default inpaint)")
-    parser.add_argument("--category", default=None, choices=("upper", "lower", "dress"),
+    parser.add_argument("--category", default=None, choices=CATEGORIES,
                         help="try-on category for an image")
     parser.add_argument("--mask-grow", type=int, default=None)
     parser.add_argument("--mask-feather", type=int, default=None)

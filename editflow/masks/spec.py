@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from editflow.errors import EditflowError
+from editflow.tasks import AUTO_MASK_KINDS as AUTO_KINDS
+from editflow.tasks import CATEGORIES as GARMENT_CATEGORIES
 
 URI_SCHEMES = ("file", "s3", "gs", "http", "https")
 FACE_PARTS = ("lips", "eyes", "eyeshadow", "brows", "skin", "face")
-GARMENT_CATEGORIES = ("upper", "lower", "dress")
-#: specs that need a model-backed mask maker (segment-anything, landmarks, segmentation).
-AUTO_KINDS = ("sam", "face", "garment", "person")
 
 
 class MaskSpecError(EditflowError, ValueError):

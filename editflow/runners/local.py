@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 from editflow.config import RunConfig
 from editflow.results import write_result_file
-from editflow.runners.stages import EditStage, MaskStage, PrepareStage, Row, WriteStage, new_row, run_stages
+from editflow.runners.stages import (
+    EditStage, MaskStage, PrepareStage, Row, WriteStage, close_stages, new_row, run_stages,
+)
 
 
 def build_stages(config: RunConfig) -> list:
@@ -28,13 +30,16 @@ def run_local(
     stages = build_stages(config)
     total = len(raw_rows)
     done = 0
-    for start in range(0, total, chunk_rows):
-        chunk = [new_row(raw, config.run_id) for raw in raw_rows[start:start + chunk_rows]]
-        finished: list[Row] = run_stages(chunk, stages)
-        write_result_file(config.out_dir, finished, config.run_id)
-        done += len(chunk)
-        if progress:
-            progress(done, total)
+    try:
+        for start in range(0, total, chunk_rows):
+            chunk = [new_row(raw, config.run_id) for raw in raw_rows[start:start + chunk_rows]]
+            finished: list[Row] = run_stages(chunk, stages)
+            write_result_file(config.out_dir, finished, config.run_id)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    finally:
+        close_stages(stages)
 
 
 def stderr_progress(label: str) -> Callable[[int, int], None]:

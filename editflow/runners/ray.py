@@ -20,7 +20,7 @@ from editflow.config import RunConfig
 from editflow.manifest import RAW_SCHEMA
 from editflow.results import RESULT_SCHEMA, results_dir, to_result_table
 from editflow.runners.payload import rows_to_table, table_to_rows
-from editflow.runners.stages import EditStage, MaskStage, PrepareStage, WriteStage, new_row
+from editflow.runners.stages import EditStage, MaskStage, PrepareStage, WriteStage, close_stages, new_row
 
 
 @dataclass
@@ -47,6 +47,9 @@ class EditActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return rows_to_table(self.edit(self.mask(table_to_rows(batch))))
+
+    def __del__(self) -> None:  # Ray Data deletes the UDF when the pool shuts down gracefully
+        close_stages([self.mask, self.edit])
 
 
 def write_batch(batch: pa.Table, config: RunConfig) -> pa.Table:
