@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     tryon.add_argument("-o", "--out", required=True, help="manifest to write (.parquet, .csv or .jsonl)")
     tryon.set_defaults(func=cmd_manifest_tryon)
 
-    from editflow import models_cli
-    from editflow.masks import preview as masks_preview
+    from editflow.commands import models as models_cli
+    from editflow.commands import masks as masks_preview
 
     models_cli.add_parser(sub).set_defaults(func=models_cli.run)
     masks_preview.add_parser(sub).set_defaults(func=masks_preview.run)
@@ -207,7 +207,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest_tryon(args: argparse.Namespace) -> int:
-    from editflow.catalog import build_tryon_manifest
+    from editflow.commands.manifest_tryon import build_tryon_manifest
 
     stats = build_tryon_manifest(args.persons, args.garments, args.out, category_column=args.category_column,
                                  engine=args.engine, prompt=args.prompt)

@@ -10,7 +10,6 @@ from editflow.diffusion.sampler import SamplerConfig, make_scheduler, plan_trans
 from editflow.engines.base import EditRequest
 from editflow.models import ModelNotAvailableError
 from tests.conftest import textured_image
-from tests.conftest_models import empty_hub_cache, tiny_models  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +70,7 @@ def test_sdedit_and_inpaint_tasks(ddpm):
 
 
 def test_pixel_denoiser_v_prediction_is_converted_to_epsilon():
-    from editflow.engines.latent import PixelUNetDenoiser
+    from editflow.diffusion.unets import PixelUNetDenoiser
 
     class FakeUNet(torch.nn.Module):
         config = type("C", (), {"block_out_channels": (8, 16)})()

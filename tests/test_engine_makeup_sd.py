@@ -13,7 +13,6 @@ import pytest
 from editflow.engines import EditRequest, get_engine_class
 from editflow.engines.base import EngineError, composite_unmasked, unmasked_max_diff
 from tests.conftest import textured_image
-from tests.conftest_models import tiny_ip_adapter, tiny_models  # noqa: F401 (fixtures)
 
 from skimage import data as skimage_data  # noqa: E402  (dev extra; public-domain photos)
 

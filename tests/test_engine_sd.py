@@ -11,7 +11,6 @@ from editflow.diffusion.sampler import SamplerConfig, make_scheduler, plan_trans
 from editflow.engines.base import EditRequest, composite_unmasked, unmasked_max_diff
 from editflow.engines.crop import plan_crop
 from tests.conftest import textured_image
-from tests.conftest_models import tiny_models  # noqa: F401 (fixture)
 
 _ENGINES: dict = {}
 

@@ -122,7 +122,7 @@ def test_a_new_engine_is_one_class_and_one_table_line(tmp_path: Path, monkeypatc
 
 
 def test_readme_engine_table_is_generated_from_the_engine_classes() -> None:
-    from editflow.models_cli import engine_table_markdown
+    from editflow.commands.models import engine_table_markdown
 
     readme = (REPO / "README.md").read_text()
     begin = readme.index("| engine | weights | tasks | what it does |")

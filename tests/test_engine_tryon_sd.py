@@ -17,7 +17,6 @@ from editflow.engines import EditRequest, get_engine_class
 from editflow.engines.base import EngineError, composite_unmasked, unmasked_max_diff
 from editflow.models import ModelNotAvailableError
 from tests.conftest import textured_image, write_image, write_jsonl
-from tests.conftest_models import empty_hub_cache, tiny_ip_adapter, tiny_models  # noqa: F401 (fixtures)
 from tests.test_run_local import all_result_rows
 
 PERSON = textured_image(64, 56, seed=21)  # 64 wide, 56 high: within the tiny models' 64 px

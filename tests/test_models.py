@@ -14,7 +14,6 @@ from editflow.models import (
     ModelNotAvailableError, RuntimeOptions, load_pixel_unet, load_sd_pipeline, local_status, parse_model_spec,
     select_dtype, single_file_layout,
 )
-from tests.conftest_models import empty_hub_cache, tiny_models  # noqa: F401 (fixtures)
 
 
 def test_parse_hub_ids_with_and_without_revision():
@@ -123,7 +122,7 @@ def test_single_file_layout_reads_the_header(tmp_path):
 
 
 def test_models_command_lists_engines_and_availability(empty_hub_cache, tiny_models, capsys):
-    from editflow import models_cli
+    from editflow.commands import models as models_cli
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")

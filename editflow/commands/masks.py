@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m editflow.masks.preview ...`)."""
+    """Stand-alone entry point (`python -m editflow.commands.masks ...`)."""
     parser = argparse.ArgumentParser(prog="editflow")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)

@@ -1,12 +1,12 @@
 """`editflow models`: the engines, the models each expects, and whether they are on this machine.
 
-Wiring (cli.py): ``models_cli.add_parser(sub)`` while building the subparsers, and
-``return models_cli.run(args)`` when ``args.command == "models"``. Never touches the network.
+Wiring (cli.py): ``add_parser(sub).set_defaults(func=run)``. Never touches the network.
 
     editflow models                       # table: engine, model, kind, local?, where / how to fetch
     editflow models --engine sd           # one engine
     editflow models --check ./my-sd-dir   # also check given specs (hub ids, folders, files)
     editflow models --json                # machine-readable
+    editflow models --markdown            # the README's engine table, from the engine classes
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ computed one reference at a time and kept per worker in an `LRUCache`, keyed by 
 reference's content hash (``EditRequest.reference_key``), the adapter and the crop, so a catalog
 run encodes each garment (or makeup face) once per actor, not once per pair.
 
-`IPAdapterDenoiser` is `LatentUNetDenoiser` with the image embeddings passed to the UNet
-(``added_cond_kwargs["image_embeds"]``), classifier-free guidance pairing each row's negative
+The image embeddings ride in `LatentCondition.image_embeds`; `LatentUNetDenoiser` passes them to
+the UNet (``added_cond_kwargs["image_embeds"]``), classifier-free guidance pairing each row's negative
 text with its negative image embedding (zeros, as diffusers does). `IPAdapterSDEngine` is the
 shared base of the two engines: SDEngine's loading, windows and grouping, the masked sampler
 (optionally from an SDEdit `init`), and a reference hook per subclass.
@@ -31,6 +31,7 @@ shared base of the two engines: SDEngine's loading, windows and grouping, the ma
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -42,7 +43,6 @@ import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError
-from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.params import param
 from editflow.engines.sd import SDEngine
 from editflow.engines.window import Job, WindowParams, generators
@@ -54,7 +54,7 @@ from editflow.models import (
 __all__ = [
     "DEFAULT_IP_ADAPTER", "DEFAULT_IP_ADAPTER_WEIGHT", "DEFAULT_IMAGE_ENCODER_SUBFOLDER", "DEFAULT_IP_SCALE",
     "IPAdapterSpec", "IPAdapterFiles", "resolve_ip_adapter", "read_ip_adapter", "check_ip_adapter",
-    "load_image_encoder", "IPAdapter", "IPAdapterParams", "IPCondition", "IPAdapterDenoiser", "RefJob",
+    "load_image_encoder", "IPAdapter", "IPAdapterParams", "RefJob",
     "IPAdapterSDEngine", "pad_to_square", "array_key",
 ]
 
@@ -388,47 +388,6 @@ class IPAdapter:
         return pos.float().cpu(), neg.float().cpu()
 
 
-@dataclass
-class IPCondition(LatentCondition):
-    """`LatentCondition` plus per-row image embeddings ([B, D] or [B, S, D]); None = no image prompt."""
-
-    image_embeds: torch.Tensor | None = None
-    negative_image_embeds: torch.Tensor | None = None
-
-
-class IPAdapterDenoiser(LatentUNetDenoiser):
-    """`LatentUNetDenoiser` whose UNet also takes IP-Adapter image embeddings."""
-
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: IPCondition) -> torch.Tensor:
-        c = condition
-        if getattr(c, "image_embeds", None) is None:
-            return super().predict(x_t, t, alpha_bar_t, condition)
-        cfg = c.negative_embeds is not None
-        outs = []
-        dtype, device = self.unet.dtype, self.unet.device
-        for sl in chunks(x_t.shape[0], self.rows_per_call):
-            x = x_t[sl]
-            if self.in_channels == 9:
-                x = torch.cat([x, c.mask[sl].to(x), c.masked_latents[sl].to(x)], dim=1)
-            emb, ts, img = c.prompt_embeds[sl], t[sl], c.image_embeds[sl]
-            added: dict[str, torch.Tensor] = {}
-            if c.text_embeds is not None:
-                added = {"text_embeds": c.text_embeds[sl], "time_ids": c.time_ids[sl]}
-            if cfg:  # diffusers' order: [unconditional, conditional]
-                x, ts = torch.cat([x, x]), torch.cat([ts, ts])
-                emb = torch.cat([c.negative_embeds[sl], emb])
-                img = torch.cat([c.negative_image_embeds[sl], img])
-                if added:
-                    added = {"text_embeds": torch.cat([c.negative_text_embeds[sl], added["text_embeds"]]),
-                             "time_ids": torch.cat([c.negative_time_ids[sl], added["time_ids"]])}
-            cond = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
-            cond["image_embeds"] = [img.unsqueeze(1).to(device=device, dtype=dtype)]  # one image per row
-            out = self.unet(x.to(device=device, dtype=dtype), ts.to(device),
-                            encoder_hidden_states=emb.to(device=device, dtype=dtype), added_cond_kwargs=cond).sample.float()
-            outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
-        return torch.cat(outs).to(x_t.device)
-
-
 # ---------------------------------------------------------------------------------------------
 # The shared engine base
 
@@ -474,11 +433,6 @@ class IPAdapterSDEngine(SDEngine):
         self.cache: LRUCache = LRUCache(int(options.get("cache_size", 512)), enabled=bool(options.get("cache", True)))
         self.adapter: IPAdapter | None = None
 
-    def _setup(self, pipe: Any) -> None:
-        super()._setup(pipe)
-        self.denoiser = IPAdapterDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
-                                          self.rows_per_call)
-
     def ip_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
         """The loaded adapter for `spec` (loaded on first use; another spec replaces it)."""
         if self.adapter is None or self.adapter.spec.weights_key != spec.weights_key:
@@ -509,8 +463,8 @@ class IPAdapterSDEngine(SDEngine):
         masks = torch.cat([j.mask for j in jobs]).to(device)
         base = self.condition(jobs, images, masks)
         pairs = [self.embeddings(j, adapter) for j in jobs]
-        condition = IPCondition(**vars(base), image_embeds=torch.cat([p for p, _ in pairs]).to(device),
-                                negative_image_embeds=torch.cat([n for _, n in pairs]).to(device))
+        condition = dataclasses.replace(base, image_embeds=torch.cat([p for p, _ in pairs]).to(device),
+                                        negative_image_embeds=torch.cat([n for _, n in pairs]).to(device))
         init = None
         if any(j.init is not None for j in jobs):
             init = torch.cat([j.init if j.init is not None else j.image for j in jobs]).to(device)

@@ -39,7 +39,7 @@ import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
-from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks
+from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser, chunks
 from editflow.engines.params import param
 from editflow.engines.window import Job, WindowParams, check_request, generators, plan_window
 from editflow.models import (

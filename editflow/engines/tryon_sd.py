@@ -56,7 +56,7 @@ from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.crop import CropPlan
 from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, pad_to_square, sampler_settings
-from editflow.engines.latent import LatentUNetDenoiser, chunks, guided_epsilon
+from editflow.diffusion.unets import LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.params import param
 from editflow.engines.sd import SDEngine
 from editflow.engines.window import WindowParams, check_request, generators, plan_window

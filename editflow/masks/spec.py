@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from editflow.errors import EditflowError
-from editflow.tasks import AUTO_MASK_KINDS as AUTO_KINDS
 from editflow.tasks import CATEGORIES as GARMENT_CATEGORIES
 
 URI_SCHEMES = ("file", "s3", "gs", "http", "https")
