@@ -19,9 +19,10 @@ Tasks and what the patch data set is:
   (most of the cost) runs plain. About 1.5× inpaint's time at 256 px.
 * tryon, makeup — the reference image's patches (only those inside `params["reference_mask"]`, an
   H'×W' float array, when given), rescaled so the reference's (masked) box matches the target mask's
-  box; the target's masked content is the init, strength default 0.8 (tryon) / 0.5 (makeup). This
-  is a *weight-free approximation*: it transfers the reference's colours and texture into the mask
-  but knows nothing of garments, faces or pose; the conditioned diffusers engines come later.
+  box; the target's masked content is the init. Rows reach this path through the try-on and
+  makeup engines (engines/tryon.py, engines/makeup.py), subclasses whose `before` hook builds the
+  start image and the reference data and sets their own default strength (0.2 try-on, 0.25
+  makeup); this class alone falls back to 0.8 / 0.5.
 
 Large images: the engine works on a crop around the mask's bounding box (plus a context margin of
 `context` × the box's long side, at least 32 px), downscaled so its long side is at most
