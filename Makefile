@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out/demo
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install chromium demo test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml requirements/dev-constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +16,23 @@ $(VENV)/.installed: pyproject.toml requirements/dev-constraints.txt
 
 install: $(VENV)/.installed
 
+# The report test loads pages in Debian's headless chromium: installed with apt-get when it is
+# missing and we are root (a CI machine); otherwise a note says how to get it.
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "note: the report test needs chromium (sudo apt-get install chromium)"; fi
+
+chromium: $(CHROMIUM)
+
 demo: install
 	rm -rf $(OUT)
-	$(PY) -m editflow run manifests/demo.jsonl -o $(OUT) --executor ray
+	$(PY) -m editflow run manifests/demo.jsonl -o $(OUT) --executor ray --report
 	@echo "demo images:  $(OUT)/images"
+	@echo "demo report:  $(OUT)/report/index.html"
 	@echo "demo results: $$(ls $(OUT)/results/*.parquet)"
 
-test: install
+test: install $(CHROMIUM)
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -13,13 +13,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from editflow import __version__
+from editflow import __version__, storage
 from editflow.config import OUTPUT_FORMATS, RunConfig
 from editflow.engines import DEFAULT_ENGINE, engine_names
 from editflow.manifest import TASKS, ManifestError, RowError, parse_row, read_manifest
 from editflow.tasks import CATEGORIES
 
 EXIT_OK, EXIT_FATAL, EXIT_ROW_ERRORS = 0, 1, 2
+
+
+def _quality(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"quality must be a whole number 1-100, got {text!r}")
+    return int(text)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +36,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-threads", type=int, default=None,
                         help="torch threads for CPU edits (default: all cores; the same count gives the same bytes)")
     parser.add_argument("--format", dest="output_format", default="png", choices=OUTPUT_FORMATS,
-                        help="output image format (default png; PNG carries the row's parameters)")
+                        help="output image format (default png, or the -o name's extension for edit)")
+    parser.add_argument("--quality", type=_quality, default=None,
+                        help="JPEG/WebP quality 1-100 (default 95; PNG is lossless)")
     parser.add_argument("--sam-checkpoint", default=os.environ.get("EDITFLOW_SAM_CHECKPOINT"),
                         help="segment-anything checkpoint file or folder for sam: masks (env EDITFLOW_SAM_CHECKPOINT)")
     parser.add_argument("--sam-model-type", default="vit_b", help="vit_b (default), vit_l or vit_h")
@@ -59,16 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Edit every row of MANIFEST (Parquet, CSV or JSONL). Images go to OUT/images, "
                                      "masks to OUT/masks, one result row per manifest row to OUT/results/*.parquet, "
                                      "and OUT/summary.json closes the run.")
-    run.add_argument("manifest", help="manifest file (.parquet, .csv, .jsonl)")
-    run.add_argument("-o", "--out", required=True, help="output folder")
+    run.add_argument("manifest", help="manifest file (.parquet, .csv, .jsonl): a path or a URI (s3://, gs://, ...)")
+    run.add_argument("-o", "--out", required=True, help="output folder: a path or a URI (s3://bucket/prefix, gs://...)")
     run.add_argument("--executor", default="ray", choices=("ray", "local"),
                      help="ray (default; embedded local cluster unless RAY_ADDRESS is set) or local (in-process)")
     run.add_argument("--workers", type=int, default=None, help="edit actors on Ray (default: one per GPU, or 1)")
     run.add_argument("--batch-size", type=int, default=4, help="rows per engine call (default 4)")
     run.add_argument("--rows-per-block", type=int, default=8,
                      help="rows per Ray block: the unit of retry and failure (default 8)")
-    run.add_argument("--resume", action="store_true", help="skip rows already ok in OUT and re-run the rest")
+    run.add_argument("--resume", action="store_true",
+                     help="skip rows already ok in OUT and re-run the rest; takes over the lease of a run that died")
+    run.add_argument("--force-unlock", action="store_true",
+                     help="take OUT's lease even if another run seems alive (only when you know it is not)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--report", action="store_true", help="also write the HTML report (OUT/report/index.html)")
     _add_common(run)
 
     edit = sub.add_parser("edit", help="edit one image through the same stages",
@@ -116,8 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     tryon.add_argument("-o", "--out", required=True, help="manifest to write (.parquet, .csv or .jsonl)")
     tryon.set_defaults(func=cmd_manifest_tryon)
 
-    from editflow.commands import models as models_cli
+    report = sub.add_parser("report", help="write an HTML contact sheet of a run: OUT/report/index.html",
+                            description="Write OUT/report/index.html (and page-2.html, ...): the run's counts, then "
+                                        "one row per result (errors first) with input | mask overlay | output "
+                                        "thumbnails, settings and timings, filterable by status, task and engine. "
+                                        "OUT may be a local folder or an s3:// / gs:// URI.")
+    report.add_argument("out", help="the run's output folder (what run -o wrote)")
+    report.add_argument("--page-size", type=int, default=None, help="rows per page (default 200)")
+    report.add_argument("--workers", type=int, default=4, help="threads making thumbnails (default 4)")
+    report.set_defaults(func=cmd_report)
+
     from editflow.commands import masks as masks_preview
+    from editflow.commands import models as models_cli
 
     models_cli.add_parser(sub).set_defaults(func=models_cli.run)
     masks_preview.add_parser(sub).set_defaults(func=masks_preview.run)
@@ -145,7 +167,7 @@ def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> R
         cpu_threads=args.cpu_threads, output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
         sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, sam_refine=args.sam_refine,
-        cache=args.cache,
+        cache=args.cache, **({} if args.quality is None else {"quality": args.quality}),
     )
     return RunConfig(**{**settings, **extra})
 
@@ -157,30 +179,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args, args.out, manifest.base_dir, batch_size=args.batch_size)
     try:
         summary = run_manifest(manifest, config, executor=args.executor, resume=args.resume,
-                               workers=args.workers, rows_per_block=args.rows_per_block, progress=not args.quiet)
+                               workers=args.workers, rows_per_block=args.rows_per_block, progress=not args.quiet,
+                               force_unlock=args.force_unlock)
     except RunError as exc:
         print(f"editflow: {exc}", file=sys.stderr)
         return EXIT_FATAL
     counts = summary["status"]
-    out = Path(args.out)
     print(f"editflow: {summary['rows']} rows: {counts['ok']} ok, {counts['error']} error, "
           f"{summary['missing']} missing ({summary['wall_s']} s, {args.executor})")
-    print(f"  images:  {out / 'images'}")
-    print(f"  results: {out / 'results'}")
-    print(f"  summary: {out / 'summary.json'}")
+    print(f"  images:  {storage.join(args.out, 'images')}")
+    print(f"  results: {storage.join(args.out, 'results')}")
+    print(f"  summary: {storage.join(args.out, 'summary.json')}")
     for error_type, count in summary["error_types"].items():
         example = summary["error_examples"].get(error_type, "")
         print(f"  {count} x {error_type}: {example}", file=sys.stderr)
+    if args.report:
+        return max(summary["exit_code"], _write_report(args.out, "  report:  "))
     return summary["exit_code"]
+
+
+def _write_report(out: str, label: str, **options) -> int:
+    from editflow.report import ReportError, build_report
+
+    try:
+        report = build_report(out, **options)
+    except ReportError as exc:
+        print(f"editflow: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(f"{label}{report.index} ({report.rows} rows, {report.pages} page{'s' * (report.pages != 1)}, "
+          f"{report.thumbs_written} new thumbnails)")
+    for location in report.unreadable_files:
+        print(f"editflow: left out an unreadable result file: {location}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    options = {} if args.page_size is None else {"page_size": args.page_size}
+    return _write_report(args.out, "editflow: report ", workers=args.workers, **options)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from editflow.media import atomic_write_bytes
     from editflow.runners.local import build_stages
     from editflow.runners.stages import new_row, run_stages
+    from editflow.config import format_for_path
+    from editflow.media import MediaError
 
     target = Path(args.out)
-    fmt = {".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}.get(target.suffix.lower(), "png")
+    try:
+        fmt = format_for_path(args.out, args.output_format)
+    except MediaError as exc:
+        print(f"editflow: {exc}", file=sys.stderr)
+        return EXIT_FATAL
     raw = {
         "id": target.stem or "edit", "task": args.task, "image": args.image, "mask": args.mask,
         "prompt": args.prompt, "negative_prompt": args.negative_prompt, "reference": args.reference,
@@ -224,7 +274,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from editflow.media import MediaError, MediaPolicy, check_uri_allowed, decode_image, read_bytes, resolve_uri
 
     manifest = read_manifest(args.manifest)
-    policy = MediaPolicy(allowed_schemes=frozenset(("file", *args.allow_scheme)),
+    # a manifest read from a URI lets its rows use that scheme (see runners/driver.with_manifest_scheme)
+    policy = MediaPolicy(allowed_schemes=frozenset(("file", *args.allow_scheme, storage.scheme(manifest.base_dir))),
                          allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels)
     bad = 0
     for raw in manifest.rows():

@@ -5,11 +5,30 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import PurePath
 
 from editflow.engines import DEFAULT_ENGINE
-from editflow.media import MediaPolicy
+from editflow.media import DEFAULT_QUALITY, MediaError, MediaPolicy
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+FORMAT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def format_for_path(path: str, requested: str | None = None) -> str:
+    """The format of an output written to ``path``: the extension's, which ``requested`` (e.g.
+    --format) may repeat but not contradict; png for a path without an extension."""
+    suffix = PurePath(path).suffix.lower()
+    wanted = {"jpg": "jpeg"}.get(requested.lower(), requested.lower()) if requested else None
+    if wanted is not None and wanted not in OUTPUT_FORMATS:
+        raise MediaError(f"unsupported output format {requested!r} (use {', '.join(OUTPUT_FORMATS)})")
+    if not suffix:
+        return wanted or "png"
+    if suffix not in FORMAT_SUFFIXES:
+        raise MediaError(f"cannot tell the output format of {path}: use a .png, .jpg or .webp name")
+    if wanted is not None and wanted != FORMAT_SUFFIXES[suffix]:
+        raise MediaError(f"--format {requested} contradicts the output name {path} ({suffix} is "
+                         f"{FORMAT_SUFFIXES[suffix]}); change one of them")
+    return FORMAT_SUFFIXES[suffix]
 
 
 def new_run_id() -> str:
@@ -31,6 +50,7 @@ class RunConfig:
     #: otherwise set 1) keeps a row's bytes identical locally and on Ray.
     cpu_threads: int | None = None
     output_format: str = "png"
+    quality: int = DEFAULT_QUALITY  # JPEG/WebP only
     batch_size: int = 4
     write_masks: bool = True
     allowed_schemes: tuple[str, ...] = ("file",)

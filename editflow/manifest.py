@@ -11,19 +11,22 @@ wrongly typed cell fails its own row instead of the whole file.
 from __future__ import annotations
 
 import csv
+import io
 import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from editflow import storage
 from editflow.masks.spec import MaskSpec, MaskSpecError, parse_mask_spec
 from editflow.errors import EditflowError
 from editflow.tasks import CATEGORIES, TASKS
@@ -88,30 +91,36 @@ class Manifest:
 
 
 def read_table_file(path: str | os.PathLike, what: str = "manifest") -> pa.Table:
-    """Read a Parquet, CSV or JSONL table (CSV and JSONL cells as strings)."""
-    p = Path(path)
-    if not p.exists():
-        raise ManifestError(f"{what} not found: {p}")
-    if p.is_dir():
-        raise ManifestError(f"{what} is a directory, expected a .parquet, .csv or .jsonl file: {p}")
-    suffix = p.suffix.lower()
+    """Read a Parquet, CSV or JSONL table (CSV and JSONL cells as strings) from any storage location."""
+    location = os.fspath(path)
+    try:
+        if not storage.exists(location):
+            raise ManifestError(f"{what} not found: {location}")
+        if storage.is_dir(location):
+            raise ManifestError(f"{what} is a directory, expected a .parquet, .csv or .jsonl file: {location}")
+    except storage.StorageError as exc:
+        raise ManifestError(f"cannot read {what} {location}: {exc}") from None
+    suffix = PurePosixPath(urlsplit(location).path if "://" in location else location).suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            return pq.read_table(p)
+            filesystem, inner = storage.resolve(location)
+            return pq.read_table(inner, filesystem=filesystem)
         if suffix == ".csv":
-            return _read_csv(p)
+            return _read_csv(location)
         if suffix in (".jsonl", ".ndjson", ".json"):
-            return _read_jsonl(p)
+            return _read_jsonl(location)
     except ManifestError:
         raise
     except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise ManifestError(f"cannot read {what} {p}: {exc}") from exc
-    raise ManifestError(f"unknown {what} format {suffix!r} for {p}: use .parquet, .csv or .jsonl")
+        raise ManifestError(f"cannot read {what} {location}: {exc}") from exc
+    raise ManifestError(f"unknown {what} format {suffix!r} for {location}: use .parquet, .csv or .jsonl")
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
-    """Read a Parquet, CSV or JSONL manifest and check its manifest-level rules."""
-    p = Path(path)
+    """Read a Parquet, CSV or JSONL manifest (local path or URI) and check its manifest-level rules.
+
+    Relative paths in its rows resolve against its own folder (`base_dir`), also under a URI."""
+    p = os.fspath(path)
     table = read_table_file(p)
 
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
@@ -123,32 +132,33 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     extra = [c for c in table.column_names if c not in COLUMNS]
     raw = _to_raw(table)
     _check_ids(raw, p)
-    return Manifest(table=raw, base_dir=str(p.resolve().parent), path=str(p.resolve()), extra_columns=extra)
+    return Manifest(table=raw, base_dir=storage.parent(p), path=storage.absolute(p), extra_columns=extra)
 
 
-def _read_csv(p: Path) -> pa.Table:
-    with open(p, newline="", encoding="utf-8") as fh:
+def _read_csv(location: str) -> pa.Table:
+    with storage.open_input(location) as stream, io.TextIOWrapper(stream, encoding="utf-8", newline="") as fh:
         header = next(csv.reader(fh), None)
     if not header:
-        raise ManifestError(f"manifest {p} is empty (no header line)")
+        raise ManifestError(f"manifest {location} is empty (no header line)")
     options = pacsv.ConvertOptions(
         column_types={name: pa.string() for name in header}, strings_can_be_null=True, null_values=[""]
     )
-    return pacsv.read_csv(p, convert_options=options)
+    with storage.open_input(location) as stream:
+        return pacsv.read_csv(stream, convert_options=options)
 
 
-def _read_jsonl(p: Path) -> pa.Table:
+def _read_jsonl(location: str) -> pa.Table:
     rows: list[dict[str, Any]] = []
-    with open(p, encoding="utf-8") as fh:
+    with storage.open_input(location) as stream, io.TextIOWrapper(stream, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ManifestError(f"manifest {p} line {number} is not valid JSON: {exc.msg}") from exc
+                raise ManifestError(f"manifest {location} line {number} is not valid JSON: {exc.msg}") from exc
             if not isinstance(value, dict):
-                raise ManifestError(f"manifest {p} line {number} is not a JSON object")
+                raise ManifestError(f"manifest {location} line {number} is not a JSON object")
             rows.append(value)
     names: dict[str, None] = {}
     for row in rows:
@@ -197,7 +207,7 @@ def _tidy_number(value: Any) -> Any:
     return value
 
 
-def _check_ids(table: pa.Table, p: Path) -> None:
+def _check_ids(table: pa.Table, p: str) -> None:
     ids = table.column("id").to_pylist()
     empty = [i + 1 for i, v in enumerate(ids) if v is None or not v.strip()]
     if empty:

@@ -7,7 +7,6 @@ Manifest values are attacker-controllable, so everything here fails closed with 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import io
@@ -19,7 +18,6 @@ import socket
 import ssl
 import stat
 import time
-import uuid
 import warnings
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -28,10 +26,11 @@ from urllib.request import url2pathname
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from editflow import storage
 from editflow.errors import EditflowError
 
 __all__ = [
-    "DecodedImage", "MediaError", "MediaPolicy", "atomic_write_bytes", "decode_image",
+    "DEFAULT_QUALITY", "DecodedImage", "MediaError", "MediaPolicy", "atomic_write_bytes", "decode_image",
     "encode_image", "load_image", "load_mask_file", "read_bytes", "resolve_uri",
     "safe_join", "safe_output_name", "sha256_hex",
 ]
@@ -42,6 +41,9 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _MAX_REDIRECTS = 5
+DEFAULT_QUALITY = 95  # JPEG/WebP quality of outputs unless --quality says otherwise
+EXIF_IFD = 0x8769  # the Exif sub-IFD, where UserComment lives
+USER_COMMENT = 0x9286
 
 
 class MediaError(EditflowError, ValueError):
@@ -71,6 +73,14 @@ class DecodedImage:
     source_size: tuple[int, int]  # (w, h) before orientation
     exif_orientation: int | None
     frames: int
+    icc_profile: bytes | None = None  # the source's RGB ICC profile, kept for the output
+
+
+def _rgb_icc(im: Image.Image) -> bytes | None:
+    """The image's ICC profile if it describes RGB data (the decoded array is RGB; a CMYK or
+    grey profile would mislabel it). Bytes 16-19 of an ICC header name its colour space."""
+    icc = im.info.get("icc_profile")
+    return bytes(icc) if isinstance(icc, (bytes, bytearray)) and icc[16:20] == b"RGB " else None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -107,8 +117,9 @@ def _scheme(uri: str) -> str:
 
 
 def resolve_uri(uri: str, base_dir: str | os.PathLike | None) -> str:
-    """Resolve a manifest value: relative local paths join ``base_dir`` (the manifest's
-    folder), ``file://`` URIs become local paths, remote URIs are returned unchanged."""
+    """Resolve a manifest value: relative paths join ``base_dir`` (the manifest's folder, a
+    local path or a URI: under a URI they may not climb above its bucket), ``file://`` URIs
+    become local paths, remote URIs are returned unchanged."""
     if not isinstance(uri, str) or not uri.strip():
         raise MediaError(f"empty or non-string image URI: {uri!r}")
     if "\x00" in uri:
@@ -117,6 +128,11 @@ def resolve_uri(uri: str, base_dir: str | os.PathLike | None) -> str:
     if m is None:
         path = pathlib.Path(uri)
         if base_dir is not None and not path.is_absolute():
+            if not storage.is_local(base_dir):
+                try:
+                    return storage.relative_to(base_dir, uri)
+                except storage.StorageError as exc:
+                    raise MediaError(str(exc)) from None
             path = pathlib.Path(base_dir) / path
         return str(path)
     if m.group(1).lower() != "file":
@@ -136,7 +152,7 @@ def read_bytes(uri: str, policy: MediaPolicy) -> bytes:
         return _read_local(resolve_uri(uri, None), policy)
     if scheme in ("http", "https"):
         return _read_http(uri, policy)
-    return _read_pyarrow(uri, policy)
+    return _read_remote(uri, policy)
 
 
 def check_uri_allowed(uri: str, policy: MediaPolicy) -> None:
@@ -186,28 +202,25 @@ def _read_local(path: str, policy: MediaPolicy) -> bytes:
     return data
 
 
-def _read_pyarrow(uri: str, policy: MediaPolicy) -> bytes:
+def _read_remote(uri: str, policy: MediaPolicy) -> bytes:
+    """Any other scheme (s3://, gs://, ...) through the one filesystem layer, under the byte cap."""
     name = _redact(uri)
     try:
-        from pyarrow import fs as pafs
-
-        filesystem, path = pafs.FileSystem.from_uri(uri)
-        info = filesystem.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
+        size = storage.size(uri)
+        if size is None:
             raise MediaError(f"image not found: {name}")
-        if info.size is not None and info.size > policy.max_bytes:
-            raise _too_big(name, info.size, policy)
-        with filesystem.open_input_stream(path) as f:
-            data = f.read(policy.max_bytes + 1)
+        if size > policy.max_bytes:
+            raise _too_big(name, size, policy)
+        data = storage.read_bytes(uri, max_bytes=policy.max_bytes)
     except MediaError:
         raise
-    except Exception as exc:  # pyarrow raises OSError/ArrowInvalid/... per backend
+    except Exception as exc:  # StorageError, or a backend's own error type
         raise MediaError(f"cannot read {name}: {exc}") from None
     if len(data) > policy.max_bytes:
         raise _too_big(name, None, policy)
     if not data:
         raise MediaError(f"file is empty (0 bytes): {name}")
-    return bytes(data)
+    return data
 
 
 def _address_problem(addr: str) -> str | None:
@@ -427,7 +440,7 @@ def decode_image(data: bytes, policy: MediaPolicy, *, name: str = "image") -> De
         array = _to_rgb(im)
     except Exception as exc:
         raise MediaError(f"cannot convert image mode {mode} to RGB: {name} ({exc})") from None
-    return DecodedImage(array, mode, size, orientation, frames)
+    return DecodedImage(array, mode, size, orientation, frames, _rgb_icc(im))
 
 
 def load_image(
@@ -469,14 +482,20 @@ def load_mask_file(uri: str, policy: MediaPolicy, size: tuple[int, int],
 
 
 def encode_image(array: np.ndarray, fmt: str = "png", *, metadata: dict[str, str] | None = None,
-                 quality: int = 95) -> bytes:
+                 quality: int = DEFAULT_QUALITY, parameters: str | None = None,
+                 icc_profile: bytes | None = None) -> bytes:
     """Encode uint8 (H, W), (H, W, 3) or (H, W, 4) to png | jpeg | webp; same input, same bytes.
 
     PNG stores ``metadata`` as tEXt (latin-1) or iTXt chunks; JPEG stores it as one COM
-    comment of ``key=value`` lines; WebP ignores it."""
+    comment of ``key=value`` lines; WebP ignores it. ``parameters`` (A1111-style generation
+    text, see editflow/infotext.py) goes where other tools look for it: the PNG ``parameters``
+    chunk, or EXIF UserComment in JPEG and WebP. ``icc_profile`` is embedded as given;
+    ``quality`` applies to JPEG and WebP only (PNG is lossless)."""
     fmt = {"jpg": "jpeg"}.get(fmt.lower(), fmt.lower())
     if fmt not in ("png", "jpeg", "webp"):
         raise MediaError(f"unsupported output format {fmt!r} (use png, jpeg or webp)")
+    if not 1 <= int(quality) <= 100:
+        raise MediaError(f"quality must be 1..100, got {quality}")
     a = np.asarray(array)
     if a.dtype != np.uint8:
         raise MediaError(f"encode_image expects uint8 pixels, got {a.dtype}")
@@ -489,7 +508,10 @@ def encode_image(array: np.ndarray, fmt: str = "png", *, metadata: dict[str, str
     im = Image.fromarray(np.ascontiguousarray(a))
     buf = io.BytesIO()
     meta = dict(sorted((metadata or {}).items()))
+    extra: dict[str, object] = {"icc_profile": icc_profile} if icc_profile else {}
     if fmt == "png":
+        if parameters is not None:
+            meta["parameters"] = parameters
         info = PngImagePlugin.PngInfo()
         for key, value in meta.items():
             if not 1 <= len(key) <= 79 or not key.isascii():
@@ -499,39 +521,34 @@ def encode_image(array: np.ndarray, fmt: str = "png", *, metadata: dict[str, str
                 info.add_text(key, str(value))
             except UnicodeEncodeError:
                 info.add_itxt(key, str(value))
-        im.save(buf, "PNG", pnginfo=info, compress_level=6)
-    elif fmt == "jpeg":
-        extra = {"comment": "\n".join(f"{k}={v}" for k, v in meta.items()).encode()} if meta else {}
+        im.save(buf, "PNG", pnginfo=info, compress_level=6, **extra)
+        return buf.getvalue()
+    if parameters is not None:
+        extra["exif"] = _exif_user_comment(parameters)
+    if fmt == "jpeg":
+        if meta:
+            extra["comment"] = "\n".join(f"{k}={v}" for k, v in meta.items()).encode()
         im.save(buf, "JPEG", quality=int(quality), **extra)
     else:
-        im.save(buf, "WEBP", quality=int(quality), method=4)
+        im.save(buf, "WEBP", quality=int(quality), method=4, **extra)
     return buf.getvalue()
 
 
+def _exif_user_comment(text: str) -> bytes:
+    """EXIF bytes holding ``text`` as UserComment: the 8-byte charset prefix, then ASCII or
+    UTF-16 big-endian (what A1111 writes and piexif's UserComment.load reads)."""
+    if text.isascii():
+        comment = b"ASCII\0\0\0" + text.encode("ascii")
+    else:
+        comment = b"UNICODE\0" + text.encode("utf-16-be")
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = comment
+    return exif.tobytes()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, flush + fsync,
-    ``os.replace``; the temp file is removed if anything fails."""
-    dst = pathlib.Path(path)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    try:  # best effort: persist the rename itself
-        dir_fd = os.open(dst.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """Write ``data`` to ``path`` atomically (any location: see ``editflow.storage.write_bytes``)."""
+    storage.write_bytes(path, data)
 
 
 def safe_output_name(row_id: str, suffix: str) -> str:
@@ -546,14 +563,10 @@ def safe_output_name(row_id: str, suffix: str) -> str:
 
 
 def safe_join(root: str | os.PathLike, name: str) -> pathlib.Path:
-    """``root / name`` resolved; refuses absolute names, NUL bytes and anything that
-    resolves outside ``root`` (including through symlinks) with ``MediaError``."""
-    if not name or "\x00" in name:
-        raise MediaError(f"bad path name {name!r}")
-    if pathlib.PurePath(name).is_absolute() or pathlib.PureWindowsPath(name).drive:
-        raise MediaError(f"refusing absolute path {name!r} (must be relative to {root})")
-    base = pathlib.Path(root).resolve()
-    target = (base / name).resolve()
-    if target == base or not target.is_relative_to(base):
-        raise MediaError(f"refusing path {name!r}: it resolves outside {base}")
-    return target
+    """``root / name`` resolved for a local ``root``; refuses absolute names, NUL bytes and anything
+    that resolves outside ``root`` (including through symlinks) with ``MediaError``
+    (``editflow.storage.child`` does the check, for URIs too)."""
+    try:
+        return pathlib.Path(storage.child(root, name))
+    except storage.StorageError as exc:
+        raise MediaError(str(exc)) from None

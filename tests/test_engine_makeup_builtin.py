@@ -187,3 +187,44 @@ def test_tryon_and_makeup_rows_through_the_local_runner(faces, tmp_path) -> None
     bad = rows["no-face-ref"]
     assert (bad["status"], bad["error_stage"]) == ("error", "edit")
     assert bad["error_message"] == "no face found in the reference image"
+
+
+def painted_eyes(image: np.ndarray, landmarker: FaceLandmarker) -> np.ndarray:
+    """`image` with blue eyeshadow, black liner on the lash line, and green eyeballs — a reference
+    whose eye colours would show up on the target's eyeballs if any region reached them."""
+    parts = part_masks(landmarker.detect(image)[0], image.shape[:2])
+    values = lab(image)
+    shadow = parts["eyeshadow"].astype(bool)
+    values[shadow, 1:] = (5.0, -45.0)
+    liner = parts["eyes"].astype(bool)
+    values[liner, 0] *= 0.25
+    eyeball = parts["eye_opening"].astype(bool)
+    values[eyeball, 1:] = (-60.0, 40.0)
+    return np.clip(np.rint(cv2.cvtColor(values, cv2.COLOR_LAB2RGB) * 255), 0, 255).astype(np.uint8)
+
+
+def test_eyeshadow_and_lips_move_but_the_eyeballs_do_not(faces) -> None:
+    reference = painted_eyes(faces["reference"], faces["landmarker"])
+    target = prepare_face(faces["target"], faces["landmarker"])
+    whole_face = target.parts["face"].astype(np.float32)  # a mask that holds the eye openings
+    out, _ = faces["run"](mask=whole_face, reference=reference, reference_key="blue-shadow",
+                          params={"parts": "lips+eyes+eyeshadow"})
+    eyeball = target.parts["eye_opening"]
+    assert eyeball.sum() > 40 and target.parts["iris"].sum() > 10
+    np.testing.assert_array_equal(out[eyeball], faces["target"][eyeball])  # not a pixel of the eyeballs
+    shadow = target.parts["eyeshadow"]
+    blue = np.array([5.0, -45.0])
+    before = np.linalg.norm(lab(faces["target"])[shadow][:, 1:].mean(axis=0) - blue)
+    after = np.linalg.norm(lab(out)[shadow][:, 1:].mean(axis=0) - blue)
+    assert after < 0.5 * before, (before, after)
+    assert lip_distance(out, faces) < 0.3 * lip_distance(faces["target"], faces)
+    liner = target.parts["eyes"]
+    assert lab(out)[liner][:, 0].mean() < lab(faces["target"])[liner][:, 0].mean() - 5  # darker lash line
+
+
+def test_makeup_start_leaves_the_eyeballs_exact(faces) -> None:
+    reference = painted_eyes(faces["reference"], faces["landmarker"])
+    start = makeup_start(faces["target"], reference, "skin+eyeshadow+brows+eyes+lips",
+                         landmarker=faces["landmarker"])
+    eyeball = prepare_face(faces["target"], faces["landmarker"]).parts["eye_opening"]
+    np.testing.assert_array_equal(start[eyeball], faces["target"][eyeball])

@@ -177,23 +177,121 @@ def test_concat_paste_back_cache_and_determinism(concat):
     assert np.array_equal(alone.image, b.image)
 
 
-def test_concat_side_by_side_latents(concat):
-    """The denoiser works on [person | garment] latents and decodes the person half only."""
-    from editflow.engines.tryon_sd import ConcatDenoiser, garment_window
+def unet_inputs(unet):
+    """Record the shape of every input the UNet's forward receives."""
+    shapes = []
+    handle = unet.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape)))
+    return shapes, handle
 
-    garment = concat.base.encode(garment_window(GARMENT, 56, 64))
-    d = ConcatDenoiser(concat.base, garment, concat.cross_attention_dim)
-    person = torch.from_numpy(PERSON).permute(2, 0, 1)[None].float() / 127.5 - 1
-    mask = torch.from_numpy(MASK)[None, None]
+
+def test_concat_stacks_person_and_garment_along_height(concat):
+    """CatVTON's layout: [person ; garment] along height; the person half alone is decoded."""
+    from editflow.diffusion.unets import LatentUNetDenoiser
+    from editflow.engines.tryon_sd import garment_window
+
+    garment = LatentUNetDenoiser.encode(concat.base, garment_window(GARMENT, 64, 48))
+    d = concat.base.with_garments(garment, -2)
+    person = torch.from_numpy(PERSON[:, 8:56].copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # 56 x 48
+    person = torch.nn.functional.pad(person, (0, 0, 0, 8), mode="replicate")  # 64 x 48
+    mask = torch.zeros(1, 1, 64, 48)
+    mask[..., 14:46, 4:44] = 1
     z = d.encode(person)
-    assert tuple(z.shape) == (1, 4, 28, 64)  # tiny VAE: factor 2; 32 + 32 latent columns
-    assert torch.equal(z[..., 32:], garment)
+    assert tuple(z.shape) == (1, 4, 64, 24)  # tiny VAE: factor 2; 32 + 32 latent rows
+    assert torch.equal(z[..., 32:, :], garment)
     m = d.mask_to_space(mask)
-    assert tuple(m.shape) == (1, 1, 28, 64) and m[..., 32:].sum() == 0 and m[..., :32].sum() > 0
+    assert tuple(m.shape) == (1, 1, 64, 24) and m[..., 32:, :].sum() == 0 and m[..., :32, :].sum() > 0
     c = d.condition(person, mask, 2.5)
-    assert torch.equal(c.masked_latents[..., 32:], garment) and c.uncond_latents[..., 32:].abs().sum() == 0
-    assert tuple(d.decode(z).shape) == (1, 3, 56, 64)
-    assert tuple(d.predict(z, torch.tensor([500]), torch.tensor([0.5]), c).shape) == (1, 4, 28, 64)
+    assert torch.equal(c.cond_latents[..., 32:, :], garment) and c.uncond_latents[..., 32:, :].abs().sum() == 0
+    assert tuple(c.mask.shape) == (1, 1, 64, 24) and c.mask[..., 32:, :].sum() == 0
+    assert tuple(d.decode(z).shape) == (1, 3, 64, 48)
+    assert tuple(d.predict(z, torch.tensor([500]), torch.tensor([0.5]), c).shape) == (1, 4, 64, 24)
+
+
+def test_concat_runs_in_catvtons_setting_by_default(concat):
+    """Default row: a 3:4 frame at the model's resolution (tiny: 64x48), the UNet fed [person ; garment]
+    along height (latent rows doubled), CatVTON's sampler (50 DDIM steps, eta 1)."""
+    request = tryon("d", seed=3, steps=None)
+    job = concat._prepare(0, request)
+    assert job.settings["steps"] == 50 and job.settings["eta"] == 1.0 and job.settings["scheduler"] == "ddim"
+    assert job.settings["guidance"] == 2.5
+    frame = job.plan
+    assert (frame.y1 - frame.y0) * 3 == (frame.x1 - frame.x0) * 4  # the edited window is 3:4 (width:height)
+    ys, xs = np.nonzero(MASK)
+    assert frame.y0 <= ys.min() and frame.y1 > ys.max() and frame.x0 <= xs.min() and frame.x1 > xs.max()
+    shapes, handle = unet_inputs(concat.unet)
+    try:
+        (r,) = ok(concat.edit_batch([request]))
+    finally:
+        handle.remove()
+    assert len(shapes) == 50 and set(shapes) == {(2, 9, 64, 24)}  # [uncond, cond] x (4+1+4) x (32+32) x 24
+    assert (r.steps, r.nfe, r.proc_height, r.proc_width) == (50, 50, 64, 48)
+    out = composite_unmasked(PERSON, r.image, MASK)
+    assert unmasked_max_diff(PERSON, out, MASK) == 0 and np.any(out[MASK > 0] != PERSON[MASK > 0])
+    # eta reaches the sampler: eta 0 (deterministic DDIM) gives another image
+    (eta0,) = ok(concat.edit_batch([tryon("d", seed=3, steps=4, params={"eta": 0.0})]))
+    (eta1,) = ok(concat.edit_batch([tryon("d", seed=3, steps=4)]))
+    assert not np.array_equal(eta0.image, eta1.image)
+
+
+def test_concat_width_axis_resolution_and_window_params(concat):
+    shapes, handle = unet_inputs(concat.unet)
+    try:
+        (wide,) = ok(concat.edit_batch([tryon("w", steps=2, params={"concat_axis": "width"})]))
+        (big,) = ok(concat.edit_batch([tryon("b", steps=2, params={"resolution": "96x72"})]))
+        (window,) = ok(concat.edit_batch([tryon("o", steps=2, params={"frame": False})]))
+    finally:
+        handle.remove()
+    assert shapes[0] == (2, 9, 32, 48)  # [person | garment] along width
+    assert shapes[2] == (2, 9, 96, 36) and (big.proc_height, big.proc_width) == (96, 72)
+    assert shapes[4] == (2, 9, 56, 32) and (window.proc_height, window.proc_width) == (56, 64)  # the old window
+    bad = concat.edit_batch([tryon("x", params={"concat_axis": "depth"}), tryon("y", params={"resolution": "65x48"}),
+                             tryon("z", params={"mask_free": True})])
+    assert "concat_axis" in str(bad[0]) and "resolution" in str(bad[1]) and "InstructPix2Pix" in str(bad[2])
+
+
+def test_frame_plans_keep_the_aspect_around_the_mask():
+    from editflow.engines.frame import plan_frame
+
+    wide = np.zeros((400, 1000), np.float32)
+    wide[100:300, 600:700] = 1  # fits: the largest 3:4 frame inside the image, over the mask
+    f = plan_frame(wide, 512, 384)
+    assert (f.y0, f.y1, f.x1 - f.x0) == (0, 400, 300) and f.x0 <= 600 and f.x1 >= 700 and f.proc_size == (512, 384)
+    banner = np.zeros((100, 1000), np.float32)
+    banner[40:60, 100:900] = 1  # too wide for any 3:4 frame in the image: padded past it
+    f = plan_frame(banner, 512, 384)
+    assert f.x0 <= 100 and f.x1 >= 900 and abs((f.y1 - f.y0) * 3 - (f.x1 - f.x0) * 4) <= 4 and f.y0 < 0
+    image = textured_image(1000, 100, seed=4)
+    window = f.image(image)
+    assert tuple(window.shape) == (1, 3, 512, 384)
+    back = f.paste(image, window)
+    assert back.shape == image.shape and np.abs(back.astype(int) - image.astype(int)).mean() < 12
+    assert tuple(f.mask(banner).shape) == (1, 1, 512, 384) and f.mask(banner).max() == 1
+
+
+def test_mask_free_variant_on_an_instruct_pix2pix_unet(tiny_models, attention_ckpt):
+    """8-channel UNet: no mask channel, [x, person ; garment]; the model redraws the frame, the edit
+    stage keeps the row's mask."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from tests.tiny_models import catvton_attention_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd-pix2pix"], subfolder="unet")
+    path = attention_ckpt["folder"] / "maskfree.safetensors"
+    save_file(catvton_attention_state_dict(unet), str(path))
+    e = engine("concat", tiny_models["sd-pix2pix"], attention=str(path))
+    assert e.mask_free
+    shapes, handle = unet_inputs(e.unet)
+    try:
+        (r,) = ok(e.edit_batch([tryon("mf", steps=3, params={"mask_free": True})]))
+    finally:
+        handle.remove()
+    assert set(shapes) == {(2, 8, 64, 24)}
+    assert np.any(r.image[MASK == 0] != PERSON[MASK == 0])  # the whole frame was redrawn
+    out = composite_unmasked(PERSON, r.image, MASK)
+    assert unmasked_max_diff(PERSON, out, MASK) == 0
+    (bad,) = e.edit_batch([tryon("m", params={"mask_free": False})])
+    assert isinstance(bad, EngineError) and "mask-free only" in str(bad)
 
 
 def test_concat_attention_checkpoint_is_applied(tiny_models, attention_ckpt, concat):
@@ -214,24 +312,77 @@ def test_concat_attention_checkpoint_is_applied(tiny_models, attention_ckpt, con
     assert prefixed.image.shape == PERSON.shape
 
 
-def test_concat_indexed_attention_keys(attention_ckpt):
+def test_catvton_stride_8_checkpoint_loads_on_the_tiny_unet(attention_ckpt):
+    """CatVTON's published layout (<i>.<param>, i = 0, 8, 16, ...) lands on the k-th attn1 layer: every key used."""
+    from safetensors.torch import save_file
+
+    from editflow.engines.tryon_sd import attention_parameters, load_attention_weights
+    from tests.tiny_models import catvton_attention_state_dict
+
+    unet = attention_ckpt["unet"]
+    state = catvton_attention_state_dict(unet, stride=8)
+    assert sorted({int(k.split(".")[0]) for k in state}) == [0, 8, 16, 24]  # 4 self-attention layers in the tiny UNet
+    path = attention_ckpt["folder"] / "catvton.safetensors"
+    save_file(state, str(path))
+    before = {k: v.detach().clone() for k, v in attention_parameters(unet).items()}
+    layers = [n for n, _ in unet.named_modules() if n.endswith("attn1")]
+    try:
+        assert load_attention_weights(unet, path) == len(state) == len(before)
+        params = attention_parameters(unet)
+        for k, layer in enumerate(layers):
+            for name in ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias"):
+                assert torch.equal(params[f"{layer}.{name}"], state[f"{8 * k}.{name}"])
+    finally:
+        with torch.no_grad():
+            for k, p in attention_parameters(unet).items():
+                p.copy_(before[k])
+
+
+def test_catvton_stride_8_checkpoint_loads_on_an_sd15_sized_unet(tmp_path):
+    """SD 1.5 inpainting architecture (meta device: shapes only): 16 layers, keys 0..120, all 80 consumed."""
     from safetensors.torch import save_file
 
     from editflow.engines.tryon_sd import load_attention_weights
+    from tests.tiny_models import catvton_attention_state_dict, sd15_inpaint_unet_on_meta
 
-    unet = attention_ckpt["unet"]
-    modules = [(n, m) for n, m in unet.named_modules() if "attn1" in n]
-    name, module = modules[0]
-    value = torch.full_like(module.to_q.weight, 0.25)
-    path = attention_ckpt["folder"] / "indexed.safetensors"
-    save_file({"0.to_q.weight": value}, str(path))
-    before = module.to_q.weight.detach().clone()
+    unet = sd15_inpaint_unet_on_meta()
+    state = catvton_attention_state_dict(unet, stride=8, dtype=torch.float16)
+    indices = sorted({int(k.split(".")[0]) for k in state})
+    assert indices == list(range(0, 128, 8)) and len(state) == 80
+    path = tmp_path / "catvton-sd15.safetensors"
+    save_file(state, str(path))
+    del state
     try:
-        assert load_attention_weights(unet, path) == 1
-        assert torch.equal(module.to_q.weight, value)
+        assert load_attention_weights(unet, path) == 80
+        # a key that lands on no parameter, and a file one layer short, are refused by name
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            full = {k: fh.get_tensor(k) for k in fh.keys()}
+        save_file({k: v for k, v in full.items() if int(k.split(".")[0]) < 120}, str(path))
+        with pytest.raises(EngineError, match=r"15 self-attention layers .* the UNet 16"):
+            load_attention_weights(unet, path)
+        save_file({**full, "3.not_a_param.weight": torch.zeros(2)}, str(path))
+        with pytest.raises(EngineError, match=r"3\.not_a_param\.weight"):
+            load_attention_weights(unet, path)
     finally:
-        with torch.no_grad():
-            module.to_q.weight.copy_(before)
+        path.unlink(missing_ok=True)
+
+
+def test_catvton_checkpoint_for_another_width_is_refused(attention_ckpt, tmp_path):
+    from safetensors.torch import save_file
+
+    from editflow.engines.tryon_sd import load_attention_weights
+    from tests.tiny_models import catvton_attention_state_dict, sd15_inpaint_unet_on_meta
+
+    state = catvton_attention_state_dict(attention_ckpt["unet"], stride=8)
+    state["8.to_q.weight"] = torch.zeros(64, 32)  # the tiny UNet's layer 1 is (64, 64)
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(EngineError, match=r"8\.to_q\.weight \(\(64, 32\)"):
+        load_attention_weights(attention_ckpt["unet"], path)
+    with pytest.raises(EngineError, match="4 self-attention layers .* the UNet 16"):  # tiny file on SD 1.5
+        load_attention_weights(sd15_inpaint_unet_on_meta(), path)
 
 
 def test_concat_refuses_foreign_attention_keys(tiny_models, attention_ckpt, concat):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import cv2
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,24 @@ def test_missing_mediapipe_says_what_to_install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe -> ImportError
     with pytest.raises(MaskModelError, match=r"editflow\[masks\]"):
         import_mediapipe()
+
+
+# the pupils, measured by hand on the photo (x, y)
+PUPILS = ((203, 101), (247, 102))
+
+
+def test_no_makeup_part_contains_the_eye_opening_or_iris(masker, astronaut) -> None:
+    opening, iris = make(masker, astronaut, "face:eye_opening"), make(masker, astronaut, "face:iris")
+    for x, y in PUPILS:
+        assert iris[y, x] == 1 and opening[y, x] == 1
+    assert not (iris > opening).any()  # the visible iris lies inside the opening
+    assert 100 < opening.sum() < 800 and iris.sum() < opening.sum()
+    for part in ("lips", "eyes", "eyeshadow", "brows", "skin"):
+        assert not (make(masker, astronaut, f"face:{part}") * opening).any(), part
+    # the default makeup mask leaves the eyeball alone; the lash line hugs the opening
+    default = make(masker, astronaut, "face:lips+eyes+brows")
+    assert not (default * opening).any()
+    eyes = make(masker, astronaut, "face:eyes")
+    ring = cv2.dilate(opening.astype(np.uint8), np.ones((3, 3), np.uint8)) & ~opening.astype(bool)
+    assert eyes[ring.astype(bool)].mean() > 0.9  # the ring starts right at the opening's edge
+    assert make(masker, astronaut, "face:face")[opening > 0].all()  # only `face` holds it

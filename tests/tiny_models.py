@@ -146,11 +146,12 @@ def save_tiny_models(root: Path) -> dict[str, Path]:
     * ``sd``: StableDiffusionPipeline, 4-channel UNet
     * ``sdxl-inpaint``: StableDiffusionXLInpaintPipeline, 9-channel UNet
     * ``sdxl``: StableDiffusionXLPipeline, 4-channel UNet
+    * ``sd-pix2pix``: StableDiffusionInstructPix2PixPipeline, 8-channel UNet (CatVTON's mask-free base)
     * ``ddpm``: DDPMPipeline layout (unet/ + scheduler/), linear betas, 1000 train steps
     """
     from diffusers import (
-        DDPMPipeline, DDPMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
-        StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
+        DDPMPipeline, DDPMScheduler, StableDiffusionInpaintPipeline, StableDiffusionInstructPix2PixPipeline,
+        StableDiffusionPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
     )
 
     root = Path(root)
@@ -162,6 +163,8 @@ def save_tiny_models(root: Path) -> dict[str, Path]:
         "sd": lambda: StableDiffusionPipeline(**tiny_sd_components(4, tok, seed=10), **no_safety),
         "sdxl-inpaint": lambda: StableDiffusionXLInpaintPipeline(**tiny_sdxl_components(9, tok, seed=20)),
         "sdxl": lambda: StableDiffusionXLPipeline(**tiny_sdxl_components(4, tok, seed=30)),
+        "sd-pix2pix": lambda: StableDiffusionInstructPix2PixPipeline(**tiny_sd_components(8, tok, seed=60),
+                                                                     **no_safety),
         "ddpm": lambda: DDPMPipeline(unet=tiny_ddpm_unet(seed=40), scheduler=DDPMScheduler(num_train_timesteps=1000)),
     }
     for name, build in builds.items():
@@ -245,3 +248,37 @@ def save_attention_checkpoint(unet, path: Path, seed: int = 52, noise: float = 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return Path(path)
+
+
+def catvton_attention_state_dict(unet, stride: int = 8, seed: int = 53, dtype=torch.float32) -> dict:
+    """Self-attention weights keyed as CatVTON publishes them: ``<i>.<param>`` where ``i`` counts the
+    modules whose name contains ``attn1`` in CatVTON's UNet, whose attention processors are modules
+    too: 8 entries per layer (``0.*, 8.*, 16.*, ...``). Values: the UNet's own weights plus noise
+    (zeros on the meta device, where only the shapes exist)."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [m for n, m in unet.named_modules() if n.split(".")[-1] == "attn1"]
+    state = {}
+    for k, layer in enumerate(layers):
+        for name, p in layer.named_parameters():
+            if p.device.type == "meta":
+                value = torch.zeros(p.shape, dtype=dtype)
+            else:
+                value = (p.detach().float() + 0.05 * torch.randn(p.shape, generator=g)).to(dtype)
+            state[f"{stride * k}.{name}"] = value.contiguous()
+    return state
+
+
+SD15_INPAINT_UNET_CONFIG = dict(  # runwayml/stable-diffusion-inpainting unet/config.json (architecture keys)
+    act_fn="silu", attention_head_dim=8, block_out_channels=[320, 640, 1280, 1280], center_input_sample=False,
+    cross_attention_dim=768, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], downsample_padding=1,
+    flip_sin_to_cos=True, freq_shift=0, in_channels=9, layers_per_block=2, mid_block_scale_factor=1, norm_eps=1e-05,
+    norm_num_groups=32, out_channels=4, sample_size=64, up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+)
+
+
+def sd15_inpaint_unet_on_meta():
+    """SD 1.5 inpainting's UNet architecture with no memory behind it (parameters on the meta device)."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel(**SD15_INPAINT_UNET_CONFIG)

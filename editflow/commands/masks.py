@@ -19,28 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from editflow.masks.render import overlay
 from editflow.tasks import CATEGORIES
 
 MANIFEST_SUFFIXES = (".parquet", ".pq", ".csv", ".jsonl", ".ndjson", ".json")
-TINT = np.array([255, 40, 90], np.float32)  # magenta-red: visible on skin, clothes and sky
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, color=TINT) -> np.ndarray:
-    """RGB uint8: the photo with the mask tinted over it (alpha x mask) and its edge outlined."""
-    rgb = image[..., :3].astype(np.float32)
-    weight = (alpha * np.clip(mask, 0.0, 1.0))[..., None]
-    out = rgb * (1.0 - weight) + np.asarray(color, np.float32) * weight
-    hard = (mask > 0.5).astype(np.uint8)
-    contours, _ = cv2.findContours(hard, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    thickness = max(1, round(max(image.shape[:2]) / 400))
-    out = np.clip(out, 0, 255).astype(np.uint8)
-    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness)
-    return out
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `editflow masks` on the CLI's subparsers."""
     parser = subparsers.add_parser(

@@ -59,6 +59,8 @@ class LatentUNetDenoiser:
     """SD / SDXL UNet + VAE as a `Denoiser` (latent space)."""
 
     space = "latent"
+    #: UNet input channels this denoiser builds inputs for
+    channels: tuple[int, ...] = (4, 9)
 
     def __init__(self, unet: Any, vae: Any, prediction_type: str = "epsilon", rows_per_call: int | None = None) -> None:
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
@@ -69,7 +71,7 @@ class LatentUNetDenoiser:
         self.prediction = "sample" if prediction_type == "sample" else "epsilon"
         self.rows_per_call = rows_per_call
         self.in_channels = int(unet.config.in_channels)
-        if self.in_channels not in (4, 9):
+        if self.in_channels not in self.channels:
             raise ValueError(f"UNet has {self.in_channels} input channels; expected 4 (SD) or 9 (SD inpaint)")
         self.scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.scaling = float(vae.config.scaling_factor)

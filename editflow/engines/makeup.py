@@ -19,9 +19,11 @@ toward the same region of the reference face, regions from MediaPipe face-mesh l
    lightness detail — lip lines, lashes, pores — is kept, only rescaled), and the chroma (a, b) is
    further pulled toward the warped reference pixel by pixel (`WARP_WEIGHT` per part: the
    reference's lipstick gradient or eyeliner lands where it was, relative to the landmarks).
-   Outside the parts the start is the image itself, exactly.
+   Outside the parts the start is the image itself, exactly. No part contains the eye opening or
+   the iris (`masks/face.py`: `eyes` is the lash-line ring around the opening), so the eyeball's
+   pixels never take the reference's liner or shadow colour.
 3. **Sampler**: `BuiltinEngine` (the base class) with task `makeup`, the start as the masked
-   region's content, SDEdit at strength default 0.25 (row `strength` overrides). Its data set is
+   region's content (the row's mask minus the eye openings: a `face:face` row keeps its eyeballs), SDEdit at strength default 0.25 (row `strength` overrides). Its data set is
    the reference *warped onto the target* (the same mesh warp), its patches inside the target's
    chosen parts: the reference's own lip, eye and brow pixels, already in the target's geometry,
    so the builtin's layout prior lines them up with the places they belong. One pyramid level
@@ -394,7 +396,12 @@ class BuiltinMakeupEngine(BuiltinEngine):
             raise EngineError("the reference face does not cover the target's face parts after alignment")
         sampler_params = dataclasses.replace(p, reference_mask=data_mask.astype(np.float32))
         strength = DEFAULT_STRENGTH if request.strength is None else request.strength
-        return dataclasses.replace(request, image=start, reference=warped, strength=strength,
+        # The eyeball is never made up: whatever the row's mask, the sampler leaves the eye openings
+        # (and irises) alone, so they keep the image's exact pixels.
+        edit_mask = np.where(tgt.parts["eye_opening"], 0, request.mask).astype(request.mask.dtype, copy=False)
+        if not (edit_mask > 0).any():
+            raise EngineError("the mask covers only the eye openings, which makeup leaves alone")
+        return dataclasses.replace(request, image=start, mask=edit_mask, reference=warped, strength=strength,
                                    typed_params=sampler_params), cached
 
     def after(self, request: EditRequest, result: EditResult, cached: bool) -> EditResult:

@@ -125,14 +125,17 @@ class SDEngine(JobEngine):
         self.xl = getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None
         self.in_channels = int(pipe.unet.config.in_channels)
         self.rows_per_call = self.runtime.rows_per_call(self.device)
-        self.denoiser = LatentUNetDenoiser(
-            pipe.unet, vae, pipe.scheduler.config.get("prediction_type", "epsilon"), self.rows_per_call
-        )
+        self.denoiser = self._denoiser(pipe)
         sample_size = pipe.unet.config.sample_size
         sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
         self.resolution = int(sample_size) * self.denoiser.scale_factor
         self.multiple = max(8, self.denoiser.scale_factor)  # VAE needs its factor; 8 keeps every SD happy
         self._inpaint_pipe = None
+
+    def _denoiser(self, pipe: Any) -> LatentUNetDenoiser:
+        """The sampler's view of the pipeline's UNet and VAE."""
+        return LatentUNetDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
+                                  self.rows_per_call)
 
     @property
     def inpaint_pipe(self) -> Any:

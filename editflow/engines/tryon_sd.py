@@ -41,6 +41,7 @@ category are row errors.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 import re
@@ -53,10 +54,11 @@ import torch
 import torch.nn.functional as F
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
+from editflow.diffusion.unets import LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.crop import CropPlan
+from editflow.engines.frame import FramePlan, parse_resolution, plan_frame
 from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, pad_to_square, sampler_settings
-from editflow.diffusion.unets import LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.params import param
 from editflow.engines.sd import SDEngine
 from editflow.engines.window import WindowParams, check_request, generators, plan_window
@@ -73,7 +75,12 @@ TASKS = frozenset({"tryon"})
 _GARMENT_WORDS = {"upper": "an upper-body garment", "lower": "a lower-body garment", "dress": "a dress"}
 DEFAULT_STEPS = 30
 IPADAPTER_GUIDANCE = 7.5
+#: CatVTON's sampler: 50 DDIM steps, eta 1.0, guidance 2.5 (the paper's best range 2.5-3.5)
 CONCAT_GUIDANCE = 2.5
+CONCAT_STEPS = 50
+CONCAT_ETA = 1.0
+#: concatenation axis -> latent dim (CatVTON concatenates along height)
+CONCAT_AXES = {"height": -2, "width": -1}
 
 
 def default_prompt(category: str) -> str:
@@ -141,16 +148,67 @@ def attention_parameters(unet: Any) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in unet.named_parameters() if ".attn1." in name}
 
 
-def _indexed_attention(unet: Any) -> list[tuple[str, torch.nn.Module]]:
-    return [(name, m) for name, m in unet.named_modules() if "attn1" in name]
+def attention_layers(unet: Any) -> list[tuple[str, list[tuple[str, torch.nn.Module]]]]:
+    """Each self-attention layer (module named ``...attn1``) in ``named_modules`` order, with its own
+    submodules in that order (offset 0 is the layer itself)."""
+    layers: list[tuple[str, list[tuple[str, torch.nn.Module]]]] = []
+    for name, module in unet.named_modules():
+        if name.split(".")[-1] == "attn1":
+            layers.append((name, [(f"{name}.{sub}" if sub else name, m) for sub, m in module.named_modules()]))
+    return layers
+
+
+def _indexed_targets(keys: list[str], layers: list[tuple[str, list[tuple[str, torch.nn.Module]]]],
+                     params: dict[str, torch.nn.Parameter]) -> tuple[dict[str, str], list[str]]:
+    """Map ``<i>.<param>`` keys (CatVTON's layout) to diffusers parameter names.
+
+    The checkpoint indexes a list of the modules whose name contains ``attn1``; how many entries one
+    layer takes depends on the code that made it (diffusers: 7; CatVTON, whose attention processors are
+    modules: 8, so its keys run 0.*, 8.*, 16.*). So the stride is not assumed: the k-th distinct index
+    carrying ``to_q.weight`` is the k-th self-attention layer, and a key ``<i+d>.<param>`` after it is
+    that layer's d-th submodule (``named_modules`` order)."""
+    parsed = {}
+    for key in keys:
+        index, _, rest = key.partition(".")
+        parsed[key] = (int(index), rest)
+    anchors = sorted({i for i, rest in parsed.values() if rest == "to_q.weight"})
+    names: dict[str, str] = {}
+    bad: list[str] = []
+    if len(anchors) != len(layers):
+        bad.append(f"the checkpoint has {len(anchors)} self-attention layers (indices carrying to_q.weight: "
+                   f"{_short(anchors)}), the UNet {len(layers)}")
+        return names, bad
+    for key, (index, rest) in parsed.items():
+        k = bisect.bisect_right(anchors, index) - 1
+        if k < 0:
+            bad.append(f"{key} (before the first self-attention layer)")
+            continue
+        layer, submodules = layers[k]
+        offset = index - anchors[k]
+        if offset >= len(submodules):
+            bad.append(f"{key} (index {index} is past layer {k}'s {len(submodules)} modules)")
+            continue
+        prefix = submodules[offset][0]
+        name = f"{prefix}.{rest}"
+        if name not in params:
+            bad.append(f"{key} ({name} is not a parameter of this UNet)")
+            continue
+        names[key] = name
+    return names, bad
+
+
+def _short(values: list[Any], n: int = 6) -> str:
+    return ", ".join(map(str, values[:n])) + (", ..." if len(values) > n else "")
 
 
 def load_attention_weights(unet: Any, path: str | os.PathLike) -> int:
     """Copy a .safetensors state dict of self-attention weights onto `unet`; return the count.
 
-    Every key must name a self-attention parameter of the same shape (diffusers names, optionally
-    prefixed ``unet.``, or ``<i>.<param>`` over the UNet's modules whose name contains ``attn1``);
-    otherwise EngineError lists the keys that did not match and nothing is changed.
+    Keys are diffusers parameter names (optionally prefixed ``unet.``), or CatVTON's published
+    layout ``<i>.<param>`` (see `_indexed_targets`). Every key must land on a self-attention
+    parameter of the same shape and every self-attention parameter must be set; otherwise
+    EngineError lists the keys that did not match and nothing is changed. Shapes are checked from
+    the file's header before any tensor is read.
     """
     path = Path(os.path.expanduser(str(path)))
     if not path.is_file():
@@ -158,41 +216,46 @@ def load_attention_weights(unet: Any, path: str | os.PathLike) -> int:
                                      ".safetensors file of the UNet's self-attention (attn1) parameters")
     if path.suffix.lower() != ".safetensors":
         raise EngineError(f"attention weights must be a .safetensors file, got {path.name}")
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     try:
-        state = load_file(str(path))
+        handle = safe_open(str(path), framework="pt", device="cpu")
     except Exception as exc:
         raise EngineError(f"cannot read attention weights {str(path)!r}: {exc}") from exc
-    if not state:
-        raise EngineError(f"attention weights {str(path)!r} are empty")
-    params = attention_parameters(unet)
-    indexed = _indexed_attention(unet)
-    plan: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
-    bad: list[str] = []
-    for key, value in state.items():
-        name = key[len("unet."):] if key.startswith("unet.") else key
-        target = params.get(name)
-        if target is None:
-            m = re.fullmatch(r"(\d+)\.(.+)", name)
-            if m and int(m.group(1)) < len(indexed):
-                module_name, module = indexed[int(m.group(1))]
-                target = dict(module.named_parameters()).get(m.group(2))
-                name = f"{module_name}.{m.group(2)}"
-        if target is None:
-            bad.append(f"{key} (not a self-attention parameter of this UNet)")
-        elif tuple(target.shape) != tuple(value.shape):
-            bad.append(f"{key} ({tuple(value.shape)}, the UNet's {name} is {tuple(target.shape)})")
-        else:
-            plan.append((target, value))
-    if bad:
-        raise EngineError(f"attention weights {path.name}: {len(bad)} of {len(state)} keys do not match the UNet's "
-                          f"self-attention parameters, e.g. {'; '.join(bad[:4])}. They must come from a checkpoint "
-                          "trained on this base model's attn1 layers")
-    with torch.no_grad():
-        for target, value in plan:
-            target.copy_(value.to(device=target.device, dtype=target.dtype))
-    return len(plan)
+    with handle as fh:
+        keys = list(fh.keys())
+        if not keys:
+            raise EngineError(f"attention weights {str(path)!r} are empty")
+        params = attention_parameters(unet)
+        indexed = [k for k in keys if re.fullmatch(r"\d+\..+", k)]
+        names, bad = _indexed_targets(indexed, attention_layers(unet), params) if indexed else ({}, [])
+        for key in keys:
+            if key in names or key in indexed:
+                continue
+            name = key[len("unet."):] if key.startswith("unet.") else key
+            if name in params:
+                names[key] = name
+            else:
+                bad.append(f"{key} (not a self-attention parameter of this UNet)")
+        for key, name in names.items():
+            shape = tuple(fh.get_slice(key).get_shape())
+            if shape != tuple(params[name].shape):
+                bad.append(f"{key} ({shape}, the UNet's {name} is {tuple(params[name].shape)})")
+        if not bad:
+            unset = sorted(set(params) - set(names.values()))
+            if unset:
+                bad.append(f"the UNet's {len(unset)} self-attention parameters not set by the checkpoint, "
+                           f"e.g. {_short(unset, 3)}")
+        if bad:
+            raise EngineError(f"attention weights {path.name} do not match the UNet's self-attention "
+                              f"({len(bad)} problem(s) with its {len(keys)} keys), e.g. {'; '.join(bad[:4])}. The file must come from a checkpoint trained on this "
+                              "base model's self-attention (attn1) layers: diffusers names or CatVTON's "
+                              "<index>.<param> layout")
+        with torch.no_grad():
+            for key, name in names.items():
+                target = params[name]
+                target.copy_(fh.get_tensor(key).to(device=target.device, dtype=target.dtype))
+    return len(names)
 
 
 class PassThroughAttnProcessor:
@@ -220,47 +283,77 @@ def garment_window(reference: np.ndarray, height: int, width: int, fill: int = 2
 
 @dataclass
 class ConcatCondition:
-    """Per-row inputs of the side-by-side UNet (latent size, person and garment halves)."""
+    """Per-row inputs of the concatenated UNet (latent size: person and garment halves along `dim`)."""
 
-    mask: torch.Tensor  # [B, 1, h, w + wg]: person mask | 0
-    masked_latents: torch.Tensor  # [B, 4, h, w + wg]: masked person | garment
+    mask: torch.Tensor | None  # [B, 1, ...]: person mask | 0; None = mask-free (8-channel UNet)
+    cond_latents: torch.Tensor  # [B, 4, ...]: masked person (mask-free: the person) | garment
     uncond_latents: torch.Tensor | None  # garment half zeroed; None = no guidance
     guidance_scale: float = 1.0
 
 
 class ConcatDenoiser(LatentUNetDenoiser):
-    """The inpainting UNet over ``[person | garment]`` latents; the sampler sees the person image only."""
+    """The UNet over person and garment latents concatenated along height (``dim=-2``, CatVTON's
+    layout) or width (``dim=-1``); the sampler sees the person image only.
 
-    def __init__(self, base: LatentUNetDenoiser, garments: torch.Tensor, cross_attention_dim: int) -> None:
-        super().__init__(base.unet, base.vae, base.model_prediction, base.rows_per_call)
-        self.garments = garments  # [B, 4, h, wg]
+    9-channel inpainting UNets take ``[x, mask | 0, masked person | garment]``; 8-channel
+    (InstructPix2Pix-based, CatVTON's mask-free variant) take ``[x, person | garment]``.
+    """
+
+    channels = (8, 9)
+
+    def __init__(self, unet: Any, vae: Any, prediction_type: str = "epsilon", rows_per_call: int | None = None,
+                 garments: torch.Tensor | None = None, cross_attention_dim: int = 768, dim: int = -2) -> None:
+        super().__init__(unet, vae, prediction_type, rows_per_call)
+        if dim not in (-2, -1):
+            raise ValueError(f"dim must be -2 (height) or -1 (width), got {dim}")
+        self.garments = garments  # [B, 4, h, w] latents of the garment windows
         self.cross_attention_dim = int(cross_attention_dim)
+        self.dim = dim
+
+    def with_garments(self, garments: torch.Tensor, dim: int) -> ConcatDenoiser:
+        return ConcatDenoiser(self.unet, self.vae, self.model_prediction, self.rows_per_call, garments,
+                              self.cross_attention_dim, dim)
 
     @property
-    def garment_width(self) -> int:
-        return int(self.garments.shape[-1])
+    def mask_free(self) -> bool:
+        return self.in_channels == 8
+
+    @property
+    def garment_extent(self) -> int:
+        return int(self.garments.shape[self.dim])
+
+    def _join(self, person: torch.Tensor, garment: torch.Tensor) -> torch.Tensor:
+        return torch.cat([person, garment.to(person)], dim=self.dim)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        person = super().encode(images)
-        return torch.cat([person, self.garments.to(person)], dim=-1)
+        return self._join(super().encode(images), self.garments)
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        return super().decode(samples[..., : samples.shape[-1] - self.garment_width])
+        return super().decode(samples.narrow(self.dim, 0, samples.shape[self.dim] - self.garment_extent))
 
     def mask_to_space(self, masks: torch.Tensor) -> torch.Tensor:
         m = super().mask_to_space(masks)
-        return torch.cat([m, m.new_zeros(*m.shape[:-1], self.garment_width)], dim=-1)
+        shape = list(m.shape)
+        shape[self.dim] = self.garment_extent
+        return self._join(m, m.new_zeros(shape))
 
     def condition(self, images: torch.Tensor, masks: torch.Tensor, guidance: float) -> ConcatCondition:
-        binary = (masks > 0).to(images.dtype)  # as LatentUNetDenoiser.inpaint_inputs, person half only
-        h, w = images.shape[-2] // self.scale_factor, images.shape[-1] // self.scale_factor
-        mask = F.interpolate(binary, size=(h, w))
-        masked = LatentUNetDenoiser.encode(self, images * (1 - binary))
-        garments = self.garments.to(masked)
-        full_mask = torch.cat([mask, mask.new_zeros(*mask.shape[:-1], self.garment_width)], dim=-1)
-        cond = torch.cat([masked, garments], dim=-1)
-        uncond = torch.cat([masked, torch.zeros_like(garments)], dim=-1) if guidance > 1.0 else None
-        return ConcatCondition(full_mask, cond, uncond, guidance)
+        garments = self.garments.to(images)
+        if self.mask_free:  # no mask channel: the whole person is the condition
+            mask, person = None, LatentUNetDenoiser.encode(self, images)
+        else:  # as LatentUNetDenoiser.inpaint_inputs, person half only
+            binary = (masks > 0).to(images.dtype)
+            h, w = images.shape[-2] // self.scale_factor, images.shape[-1] // self.scale_factor
+            mask, person = F.interpolate(binary, size=(h, w)), LatentUNetDenoiser.encode(self, images * (1 - binary))
+            shape = list(mask.shape)
+            shape[self.dim] = self.garment_extent
+            mask = self._join(mask, mask.new_zeros(shape))
+        cond = self._join(person, garments)
+        uncond = self._join(person, torch.zeros_like(garments)) if guidance > 1.0 else None
+        return ConcatCondition(mask, cond, uncond, guidance)
+
+    def unet_inputs(self, x: torch.Tensor, mask: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, latents.to(x)] if mask is None else [x, mask.to(x), latents.to(x)], dim=1)
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: ConcatCondition) -> torch.Tensor:
         c = condition
@@ -268,10 +361,11 @@ class ConcatDenoiser(LatentUNetDenoiser):
         dtype, device = self.unet.dtype, self.unet.device
         outs = []
         for sl in chunks(x_t.shape[0], self.rows_per_call):
-            x, m, ts = x_t[sl], c.mask[sl].to(x_t), t[sl]
-            inp = torch.cat([x, m, c.masked_latents[sl].to(x)], dim=1)
+            x, ts = x_t[sl], t[sl]
+            m = None if c.mask is None else c.mask[sl]
+            inp = self.unet_inputs(x, m, c.cond_latents[sl])
             if cfg:  # [unconditional (garment zeroed), conditional]
-                inp = torch.cat([torch.cat([x, m, c.uncond_latents[sl].to(x)], dim=1), inp])
+                inp = torch.cat([self.unet_inputs(x, m, c.uncond_latents[sl]), inp])
                 ts = torch.cat([ts, ts])
             states = torch.zeros(inp.shape[0], 1, self.cross_attention_dim, device=device, dtype=dtype)
             out = self.unet(inp.to(device=device, dtype=dtype), ts.to(device), encoder_hidden_states=states).sample.float()
@@ -283,7 +377,7 @@ class ConcatDenoiser(LatentUNetDenoiser):
 class ConcatJob:
     index: int
     request: EditRequest
-    plan: CropPlan
+    plan: CropPlan | FramePlan
     image: torch.Tensor
     mask: torch.Tensor
     settings: dict[str, Any]
@@ -295,21 +389,28 @@ class ConcatJob:
     def key(self) -> tuple:
         s = self.settings
         return (self.plan.proc_size, s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"],
-                self.attention, self.extra.get("cross"))
+                self.attention, self.extra.get("cross"), self.extra.get("axis"))
 
 
 @dataclass(frozen=True)
 class ConcatParams(WindowParams):
-    """Row params of the `concat` try-on (row first, then the engine option of the same name)."""
+    """Row params of the `concat` try-on (row first, then the engine option of the same name, then the default)."""
 
+    eta: float = param(CONCAT_ETA, "DDIM eta (CatVTON samples with 1.0)")
+    context: float | None = param(None, "margin around the mask: default 0.1 of the frame, 0.5 of the box without it")
     attention: str | None = param(None, "the self-attention (attn1) .safetensors checkpoint, or none for the base UNet")
     cross_attention: str | None = param(None, "skip (default: the layers pass their input through) or zeros")
+    concat_axis: str | None = param(None, "height (default, CatVTON's layout) or width")
+    frame: bool | None = param(None, "CatVTON's 3:4 person frame (default true) or, false, the sd engine's window")
+    resolution: str | int | list[int] | None = param(None, "the frame's size, e.g. 512x384 (default: 3:4 at the model's)")
+    mask_free: bool | None = param(None, "true: the mask-free variant (needs an 8-channel InstructPix2Pix UNet)")
     garment_fill: int = param(255, "grey level the garment is padded with to the window's shape")
 
 
 class ConcatTryOnEngine(SDEngine):
-    """CatVTON-style try-on: person and garment latents side by side in one inpainting UNet
-    (the `sd` engine's loading and setup, then no text and the attention layers swapped)."""
+    """CatVTON-style try-on: person and garment latents concatenated in one UNet (inpainting, or
+    InstructPix2Pix-based for the mask-free variant). Loading and setup are the `sd` engine's; then
+    the text encoders go and the attention layers are swapped per row."""
 
     name = "concat"
     tasks = TASKS
@@ -318,16 +419,17 @@ class ConcatTryOnEngine(SDEngine):
         ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel) for concat try-on",
                   "plus your self-attention checkpoint (.safetensors) in params attention"),
     )
-    weights = ("a 9-channel SD inpainting model + your self-attention checkpoint (`params.attention`, `.safetensors` "
-               "of `attn1` weights)")
-    summary = ("CatVTON-style, implemented from the paper: person and garment latents side by side in one UNet, the "
-               "person half denoised under the mask, no text encoder, through editflow's sampler")
+    weights = ("a 9-channel SD inpainting model (or an 8-channel InstructPix2Pix one, mask-free) + your self-attention "
+               "checkpoint (`params.attention`, `.safetensors` of `attn1` weights)")
+    summary = ("CatVTON-style, implemented from the paper: person and garment latents concatenated in one UNet, the "
+               "person part denoised under the mask, no text encoder, through editflow's sampler")
 
     def _setup(self, pipe: Any) -> None:
         model, unet = self.model, getattr(pipe, "unet", None)
-        if unet is not None and int(unet.config.in_channels) != 9:
-            raise EngineError(f"engine concat needs an SD inpainting checkpoint (9-channel UNet); {model!r} has "
-                              f"{unet.config.in_channels} input channels")
+        if unet is not None and int(unet.config.in_channels) not in (8, 9):
+            raise EngineError(f"engine concat needs an SD inpainting checkpoint (9-channel UNet), or for the mask-free "
+                              f"variant an InstructPix2Pix one (8-channel); {model!r} has {unet.config.in_channels} "
+                              "input channels")
         if unet is not None and (getattr(pipe, "text_encoder_2", None) is not None
                                  or unet.config.addition_embed_type is not None):
             raise EngineError("engine concat runs SD 1.x/2.x inpainting UNets, not SDXL")
@@ -337,14 +439,21 @@ class ConcatTryOnEngine(SDEngine):
         super()._setup(pipe)
         self.unet, self.vae, self.schedule = pipe.unet.eval(), pipe.vae.eval(), dict(pipe.scheduler.config)
         self.base = self.denoiser
-        cross = self.unet.config.cross_attention_dim
-        self.cross_attention_dim = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
+        #: CatVTON's frame: 3:4 (width:height) at the model's resolution, e.g. 512x384 on SD 1.5
+        self.frame_size = (self.resolution, self.resolution * 3 // 4 // self.multiple * self.multiple)
+        self.mask_free = self.base.mask_free
         self._processors = dict(self.unet.attn_processors)
         self._cross_mode: str | None = None
         self._original = {k: v.detach().clone() for k, v in attention_parameters(self.unet).items()}
         self.attention: str | None = None
         self.cache: LRUCache = LRUCache(int(self.options.get("cache_size", 256)),
                                         enabled=bool(self.options.get("cache", True)))
+
+    def _denoiser(self, pipe: Any) -> ConcatDenoiser:
+        cross = pipe.unet.config.cross_attention_dim
+        self.cross_attention_dim = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
+        return ConcatDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
+                              self.rows_per_call, cross_attention_dim=self.cross_attention_dim)
 
     # -- per-row settings ------------------------------------------------------------------
 
@@ -353,8 +462,8 @@ class ConcatTryOnEngine(SDEngine):
         if not spec:
             raise EngineError(
                 "engine concat needs self-attention weights: params.attention (or the engine option `attention`) = "
-                "a .safetensors file of the inpainting UNet's attn1 parameters trained for side-by-side try-on; "
-                "`none` runs the base UNet unchanged")
+                "a .safetensors file of the inpainting UNet's attn1 parameters trained for concatenated try-on "
+                "(e.g. CatVTON's mix-48k-1024/attention/model.safetensors); `none` runs the base UNet unchanged")
         return str(spec)
 
     def set_attention(self, spec: str) -> None:
@@ -381,20 +490,49 @@ class ConcatTryOnEngine(SDEngine):
         self.unet.set_attn_processor(procs)
         self._cross_mode = mode
 
+    def _option(self, params: ConcatParams, key: str, default: Any) -> Any:
+        value = getattr(params, key)
+        value = self.options.get(key) if value is None else value
+        return default if value is None else value
+
+    def plan(self, request: EditRequest) -> CropPlan | FramePlan:
+        """CatVTON's frame (``params.frame`` true, the default) or the `sd` engine's window around the mask."""
+        p = self.params_of(request)
+        if not _flag(self._option(p, "frame", True), "frame"):
+            return plan_window(request, dataclasses.replace(p, context=0.5 if p.context is None else p.context),
+                               self.resolution, self.multiple)
+        try:
+            size = parse_resolution(self._option(p, "resolution", self.frame_size), self.multiple)
+        except ValueError as exc:
+            raise EngineError(f"params.resolution: {exc}") from None
+        return plan_frame(request.mask, *size, context=float(0.1 if p.context is None else p.context))
+
     # -- batch -----------------------------------------------------------------------------
 
     def _prepare(self, index: int, request: EditRequest) -> ConcatJob:
         check_tryon(request, self.name)
         p = self.params_of(request)
-        cross = str(p.cross_attention or self.options.get("cross_attention", "skip")).lower()
+        cross = str(self._option(p, "cross_attention", "skip")).lower()
         if cross not in ("skip", "zeros"):
             raise EngineError(f"params.cross_attention must be skip or zeros, got {cross!r}")
-        plan = plan_window(request, p, self.resolution, self.multiple)
-        settings = sampler_settings(request, p, CONCAT_GUIDANCE, DEFAULT_STEPS)
+        axis = str(self._option(p, "concat_axis", "height")).lower()
+        if axis not in CONCAT_AXES:
+            raise EngineError(f"params.concat_axis must be height or width, got {axis!r}")
+        mask_free = p.mask_free
+        if mask_free is not None and _flag(mask_free, "mask_free") != self.mask_free:
+            raise EngineError(
+                "params.mask_free: true needs the mask-free checkpoint's base, an InstructPix2Pix model (8-channel UNet, "
+                "e.g. timbrooks/instruct-pix2pix with CatVTON-MaskFree attention)" if not self.mask_free else
+                f"model {self.model!r} is an InstructPix2Pix (8-channel) UNet: it runs mask-free only")
+        plan = self.plan(request)
+        settings = sampler_settings(request, p, CONCAT_GUIDANCE, CONCAT_STEPS)
         fill = int(p.garment_fill)
-        job = ConcatJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), settings,
+        mask = plan.mask(request.mask)
+        if self.mask_free:  # the model redraws the whole frame; the edit stage keeps only the row's mask
+            mask = torch.ones_like(mask)
+        job = ConcatJob(index, request, plan, plan.image(request.image), mask, settings,
                         self._attention_spec(request), fill)
-        job.extra["cross"] = cross
+        job.extra.update(cross=cross, axis=axis)
         return job
 
     def garment_latents(self, job: ConcatJob) -> torch.Tensor:
@@ -403,7 +541,7 @@ class ConcatTryOnEngine(SDEngine):
 
         def make() -> torch.Tensor:
             window = garment_window(job.request.reference, h, w, job.fill).to(torch.device(self.device))
-            return self.base.encode(window).cpu()
+            return LatentUNetDenoiser.encode(self.base, window).cpu()
 
         latents, cached = self.cache.get_or_make(key, make)
         job.reference_cached = cached
@@ -418,7 +556,7 @@ class ConcatTryOnEngine(SDEngine):
         images = torch.cat([j.image for j in jobs]).to(device)
         masks = torch.cat([j.mask for j in jobs]).to(device)
         garments = torch.cat([self.garment_latents(j) for j in jobs]).to(device)
-        denoiser = ConcatDenoiser(self.base, garments, self.cross_attention_dim)
+        denoiser = self.base.with_garments(garments, CONCAT_AXES[first.extra["axis"]])
         with torch.no_grad():
             condition = denoiser.condition(images, masks, s["guidance"])
         config = SamplerConfig(steps=s["steps"], strength=s["strength"], scheduler=s["scheduler"], eta=s["eta"],
@@ -436,4 +574,15 @@ class ConcatTryOnEngine(SDEngine):
                 reference_cached=job.reference_cached,
             ))
         return results
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise EngineError(f"params.{name} must be true or false, got {value!r}")
 

@@ -45,7 +45,7 @@ class MaskContext:
     """Row-level context: the image's identity and the row's mask options."""
 
     image_key: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # face ("largest"|"all"|index), dress_length
+    options: dict[str, Any] = field(default_factory=dict)  # face ("largest"|"all"|index), dress_length, sleeve
 
 
 def image_key(image: np.ndarray) -> str:
@@ -53,7 +53,7 @@ def image_key(image: np.ndarray) -> str:
         f":{image.shape[1]}x{image.shape[0]}"
 
 
-MASK_OPTION_KEYS = ("face", "dress_length")
+MASK_OPTION_KEYS = ("face", "dress_length", "sleeve")
 
 
 def mask_options(params: dict[str, Any] | None) -> dict[str, Any]:
@@ -159,7 +159,19 @@ class AutoMasker:
             raise NoPersonError("no person found")
         if spec.kind == "person":
             return self._refine(person_mask(body, shape), image)
-        return garment_mask(body, spec.parts[0], shape, options.get("dress_length"))
+        return garment_mask(body, spec.parts[0], shape, options.get("dress_length"), options.get("sleeve"),
+                            image=image, face_points=self._face_of(body, key, image))
+
+    def _face_of(self, body, key: str, image: np.ndarray) -> np.ndarray | None:
+        """The face mesh of the posed person (its forehead line bounds the hair), if one is found."""
+        from editflow.masks.body import NOSE
+
+        for face in self._detect("face", key, image):
+            x0, y0, x1, y1 = face.box
+            nose = body.points[NOSE]
+            if x0 <= nose[0] <= x1 and y0 <= nose[1] <= y1:
+                return face.points
+        return None
 
     def _refine(self, mask: np.ndarray, image: np.ndarray) -> np.ndarray:
         s = self.settings

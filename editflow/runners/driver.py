@@ -1,21 +1,23 @@
-"""One run of a manifest, whatever the executor: resume, execute, reconcile, summarise."""
+"""One run of a manifest, whatever the executor: lease, resume, execute, reconcile, summarise."""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from editflow import __version__
+from editflow import __version__, storage
 from editflow.config import RunConfig
-from editflow.manifest import Manifest
-from editflow.results import prepare_resume, results_dir, scan_results, summarize
-from editflow.runners.local import run_local, stderr_progress
 from editflow.errors import EditflowError
+from editflow.lease import LeaseHeld, acquire
+from editflow.manifest import Manifest
+from editflow.results import prepare_resume, results_dir, summarize
+from editflow.runners.local import run_local, stderr_progress
 
 EXECUTORS = ("ray", "local")
 
@@ -32,21 +34,53 @@ def run_manifest(
     workers: int | None = None,
     rows_per_block: int = 8,
     progress: bool = True,
+    force_unlock: bool = False,
 ) -> dict[str, Any]:
-    """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json)."""
+    """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json).
+
+    OUT may be a local folder or any storage URI. The run holds OUT's lease (editflow.lease) from
+    start to summary: a second run on the same OUT refuses with RunError naming this one.
+    """
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    config = with_manifest_scheme(config, manifest)
+    out = config.out_dir
+    storage.makedirs(out)
+    try:
+        lease = acquire(out, config.run_id, take_over_stale=resume, force=force_unlock)
+    except LeaseHeld as exc:
+        raise RunError(str(exc)) from None
+    try:
+        return _run_leased(manifest, config, executor, resume, workers, rows_per_block, progress)
+    finally:
+        lease.release()
+        if lease.lost:
+            print(f"editflow: warning: another run took {out} over during this run; check its results",
+                  file=sys.stderr)
+
+
+def with_manifest_scheme(config: RunConfig, manifest: Manifest) -> RunConfig:
+    """A manifest read from a URI lets its rows use that URI's scheme (as a local manifest lets its
+    rows use local paths): relative paths in it resolve to that store. Other schemes still need
+    --allow-scheme."""
+    scheme = storage.scheme(manifest.base_dir)
+    if scheme in config.allowed_schemes:
+        return config
+    return dataclasses.replace(config, allowed_schemes=(*config.allowed_schemes, scheme))
+
+
+def _run_leased(manifest: Manifest, config: RunConfig, executor: str, resume: bool, workers: int | None,
+                rows_per_block: int, progress: bool) -> dict[str, Any]:
+    out = config.out_dir
     if resume:
         done = prepare_resume(out, config.run_id)
     else:
-        if scan_results(out).files or any(results_dir(out).glob("*.parquet")):
+        if storage.list_files(results_dir(out), ".parquet"):
             raise RunError(f"{out} already holds results; pass --resume to continue that run, or choose a new folder")
-        done = set()
+        done = pa.array([], pa.string())
     table = manifest.table
-    if done:
-        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(done), pa.string()))))
+    if len(done):
+        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
     started = time.perf_counter()
     extra: dict[str, Any] = {}
     if table.num_rows:
@@ -60,7 +94,7 @@ def run_manifest(
     run_info = {
         "run_id": config.run_id,
         "manifest": manifest.path,
-        "out_dir": str(out.resolve()),
+        "out_dir": storage.absolute(out),
         "executor": executor,
         "engine": config.engine,
         "editflow_version": __version__,
@@ -71,5 +105,4 @@ def run_manifest(
         "config": {k: v for k, v in asdict(config).items() if k not in ("out_dir", "base_dir")},
         **extra,
     }
-    ids = manifest.table.column("id").to_pylist()
-    return summarize(out, ids, run_info)
+    return summarize(out, manifest.table.column("id"), run_info)

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from editflow.manifest import RAW_SCHEMA
 from editflow.results import RESULT_SCHEMA
-from editflow.runners.stages import PAYLOAD_KEYS, Row
+from editflow.runners.stages import BYTES_PAYLOAD_KEYS, PAYLOAD_KEYS, Row
 
 INFLIGHT_SCHEMA = pa.schema(
     list(RESULT_SCHEMA)
@@ -41,7 +41,7 @@ def rows_to_table(rows: list[Row]) -> pa.Table:
         record: dict[str, Any] = {name: row.get(name) for name in INFLIGHT_SCHEMA.names}
         for key in PAYLOAD_KEYS:
             if row.get(key) is not None:
-                record[key] = array_to_bytes(row[key])
+                record[key] = row[key] if key in BYTES_PAYLOAD_KEYS else array_to_bytes(row[key])
         records.append(record)
     return pa.Table.from_pylist(records, schema=INFLIGHT_SCHEMA)
 
@@ -53,6 +53,6 @@ def table_to_rows(table: pa.Table) -> list[Row]:
         for key in PAYLOAD_KEYS:
             if row.get(key) is None:
                 row.pop(key, None)
-            else:
+            elif key not in BYTES_PAYLOAD_KEYS:
                 row[key] = bytes_to_array(row[key])
     return rows

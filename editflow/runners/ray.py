@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from editflow import storage
 from editflow.config import RunConfig
 from editflow.manifest import RAW_SCHEMA
 from editflow.results import RESULT_SCHEMA, results_dir, to_result_table
@@ -98,8 +99,9 @@ def run_ray(raw_table: pa.Table, config: RunConfig, options: RayOptions) -> dict
         )
         ds = ds.map_batches(write_batch, fn_kwargs={"config": config}, batch_format="pyarrow",
                             batch_size=options.rows_per_block, num_cpus=0.5)
-        results_dir(config.out_dir).mkdir(parents=True, exist_ok=True)
-        ds.write_parquet(str(results_dir(config.out_dir)), schema=RESULT_SCHEMA)
+        storage.makedirs(results_dir(config.out_dir))
+        filesystem, path = storage.resolve(results_dir(config.out_dir))  # OUT may be any storage URI
+        ds.write_parquet(path, filesystem=filesystem, schema=RESULT_SCHEMA)
         return {"ray_init_s": round(init_s, 3), "ray_workers": workers, "ray_gpus": gpus}
     finally:
         if owns_cluster:

@@ -16,28 +16,28 @@ import socket
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from editflow import __version__
+from editflow import __version__, storage
 from editflow.config import RunConfig
 from editflow.engines import EditRequest, Engine, engine_target, get_engine_class
 from editflow.engines.base import composite_unmasked, unmasked_max_diff
+from editflow.infotext import format_infotext
 from editflow.manifest import EditRow, RowError, parse_row
 from editflow.masks import ops
 from editflow.masks.render import render_geometric
 from editflow.masks.spec import MaskSpec, parse_mask_spec
 from editflow.tasks import AUTO_MASK_KINDS, auto_mask_text
 from editflow.media import (
-    atomic_write_bytes, decode_image, encode_image, load_mask_file, read_bytes, resolve_uri,
-    safe_join, safe_output_name, sha256_hex,
+    decode_image, encode_image, load_mask_file, read_bytes, resolve_uri, safe_output_name, sha256_hex,
 )
 
 Row = dict[str, Any]
 #: in-flight arrays; "_faces" = face landmarks the mask stage found (N × 478 × 2), for the engine
-PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output", "_faces")
+PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output", "_icc", "_faces")
+BYTES_PAYLOAD_KEYS = ("_icc",)  # in-flight bytes (the input's ICC profile); the others are arrays
 MAX_ERROR_CHARS = 1000
 
 
@@ -130,6 +130,8 @@ class PrepareStage(Stage):
         data = read_bytes(uri, self.policy)
         decoded = decode_image(data, self.policy, name=edit.image)
         row["_image"] = decoded.array
+        if decoded.icc_profile:
+            row["_icc"] = decoded.icc_profile
         row["input_sha256"] = sha256_hex(data)
         row["height"], row["width"] = decoded.array.shape[:2]
         if edit.reference:
@@ -296,10 +298,11 @@ class WriteStage(Stage):
 
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
-        self.out = Path(config.out_dir)
-        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        self.images = storage.join(config.out_dir, "images")  # OUT may be any storage location
+        self.masks = storage.join(config.out_dir, "masks")
+        storage.makedirs(self.images)
         if config.write_masks:
-            (self.out / "masks").mkdir(parents=True, exist_ok=True)
+            storage.makedirs(self.masks)
 
     def __call__(self, rows: list[Row]) -> list[Row]:
         rows = super().__call__(rows)
@@ -312,14 +315,15 @@ class WriteStage(Stage):
         started = time.perf_counter()
         fmt = self.config.output_format
         name = safe_output_name(row["id"], "." + ("jpg" if fmt == "jpeg" else fmt))
-        data = encode_image(row["_output"], fmt, metadata={"editflow": json.dumps(_parameters(row), sort_keys=True)})
-        atomic_write_bytes(safe_join(self.out / "images", name), data)
+        data = encode_image(row["_output"], fmt, metadata={"editflow": json.dumps(_parameters(row), sort_keys=True)},
+                            parameters=format_infotext(row), icc_profile=row.get("_icc"), quality=self.config.quality)
+        storage.write_bytes(storage.child(self.images, name), data)
         row["output"] = f"images/{name}"
         row["output_sha256"] = sha256_hex(data)
         if self.config.write_masks:
             mask_name = safe_output_name(row["id"], ".png")
             mask_bytes = encode_image(np.rint(row["_mask"] * 255).astype(np.uint8), "png")
-            atomic_write_bytes(safe_join(self.out / "masks", mask_name), mask_bytes)
+            storage.write_bytes(storage.child(self.masks, mask_name), mask_bytes)
             row["mask_output"] = f"masks/{mask_name}"
         row["t_write_s"] = time.perf_counter() - started
         row["finished_at"] = now_utc()
