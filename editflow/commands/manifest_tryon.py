@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from editflow import storage
 from editflow.manifest import ManifestError, read_table_file
 from editflow.tasks import CATEGORIES
 
@@ -114,17 +115,18 @@ def build_tryon_manifest(
 
 
 def _write(rows: list[dict], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """The manifest, encoded in memory and written whole (editflow.storage)."""
     columns = ["id", "task", "image", "reference", "category", "mask", "engine", "prompt"]
     table = pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in columns})
-    tmp = out.with_name(f".{out.name}.tmp")
     suffix = out.suffix.lower()
+    sink = pa.BufferOutputStream()
     if suffix in (".parquet", ".pq"):
-        pq.write_table(table, tmp)
+        pq.write_table(table, sink)
     elif suffix == ".csv":
-        pacsv.write_csv(table, tmp)
+        pacsv.write_csv(table, sink)
     elif suffix in (".jsonl", ".ndjson", ".json"):
-        tmp.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows))
+        sink.write("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows).encode())
     else:
         raise ManifestError(f"unknown manifest format {suffix!r} for {out}: use .parquet, .csv or .jsonl")
-    os.replace(tmp, out)
+    storage.makedirs(storage.parent(out))
+    storage.write_bytes(out, sink.getvalue().to_pybytes())
