@@ -4,13 +4,18 @@
                                           #   step without and with CFG); GPU part when CUDA is present
     python -m bench.bench_sd --vae        # also time one VAE encode + decode at 512 px on the CPU
     python -m bench.bench_sd --tiny       # smoke test of every code path with tiny models at 64 px
+    bench/gpu_check.sh                    # the prepared GPU check (under 8 minutes on one H100/H200)
 
 The UNet (859.5 M parameters, 9-channel inpainting variant), VAE (83.7 M) and CLIP ViT-L text encoder
 (123 M) are built from the published SD 1.5 configs with random weights: speed does not depend on
-the weights. On CUDA (bf16, SDPA) the GPU part compares, in the same run, images/s of 30-step CFG
-inpainting at 512 px through the editflow engine at batch 1/4/8 (diffusers' inpaint pipeline with
-per-row generators) against a naive loop that calls the pipeline once per image, and the editflow
-sampler path (latent RePaint without jumps) at batch 8. Without CUDA it prints a note and skips.
+the weights. On CUDA the GPU part measures, for fp16 and for bf16 in the same run, 8 rows of 30-step
+CFG inpainting at 512 px through the editflow engine at micro-batch 1/4/8 (diffusers' inpaint
+pipeline with per-row generators), the editflow sampler path (latent RePaint without jumps) at
+micro-batch 8, and a naive loop that calls the pipeline once per image: images/s, GPU-seconds per
+row, peak GPU memory, the best/naive ratio, and the fraction of the H100 bf16 ceiling (989 TFLOP/s;
+the SD 1.5 UNet costs ~0.80 TFLOP per evaluation at 512 px, two evaluations per step with CFG).
+Any failing row or non-finite naive output stops the bench with an error (exit status 1). Without
+CUDA it prints a note and skips.
 """
 
 from __future__ import annotations
@@ -116,55 +121,96 @@ def requests(n: int, size: int, steps: int) -> list:
                         guidance_scale=7.5) for i in range(n)]
 
 
-def throughput_part(c: dict, device: str, size: int, steps: int, batches: tuple[int, ...], repeats: int) -> dict:
-    """images/s: editflow engine at each batch size vs a naive per-image diffusers loop, same pipeline."""
+#: the bf16 dense tensor ceiling of an H100 SXM (TFLOP/s) and the SD 1.5 UNet's cost per evaluation
+#: at 512 px (one row, one timestep): ~0.80 TFLOP (2 x 0.40 TMAC, fvcore-style count of the 64x64 UNet)
+H100_BF16_TFLOPS = 989.0
+UNET_TFLOP_PER_EVAL_512 = 0.80
+
+
+def check(results: list) -> None:
+    """A benchmark of a failing path must fail, never report a fast images/s."""
+    bad = [r for r in results if isinstance(r, Exception)]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(results)} rows failed: {type(bad[0]).__name__}: {bad[0]}") from bad[0]
+
+
+def throughput_part(c: dict, device: str, size: int, steps: int, micro_batches: tuple[int, ...], repeats: int,
+                    dtypes: tuple[str, ...] = ("fp16", "bf16"), rows: int = 8) -> dict:
+    """Per dtype: images/s, GPU-seconds per row and peak memory of `rows` rows of 30-step CFG
+    inpainting at `size` px through the editflow engine at each micro-batch (diffusers' inpaint
+    pipeline path, and the editflow sampler path), against a naive loop calling the same pipeline
+    once per image; plus the fraction of the H100 bf16 ceiling the best configuration reaches."""
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
 
+    from editflow.engines.device import pipeline_vae
     from editflow.engines.sd import SDEngine
 
-    pipe = StableDiffusionInpaintPipeline(**c, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    engine = SDEngine(pipe, device=device, model="random-sd15-inpaint")
-    pipe = engine.pipe
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    reqs = requests(max(batches), size, steps)
-    result: dict = {"device": device, "dtype": str(engine.dtype).replace("torch.", ""), "size_px": size,
-                    "steps": steps, "guidance_scale": 7.5, "switches": engine.switches,
-                    "rows_per_call": engine.rows_per_call}
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    reqs = requests(rows, size, steps)
+    sampler_reqs = [r.__class__(**{**r.__dict__, "params": {"sampler": True}}) for r in reqs]
+    images = [Image.fromarray(r.image) for r in reqs]
+    mask = Image.fromarray((reqs[0].mask * 255).astype(np.uint8))
+    out: dict = {"device": device, "size_px": size, "steps": steps, "guidance_scale": 7.5, "rows": rows}
+    evals_per_image = 2 * steps  # classifier-free guidance: two UNet evaluations per step
+    tflop_per_image = evals_per_image * UNET_TFLOP_PER_EVAL_512 * (size / 512) ** 2
 
-    def timed(fn) -> float:
-        fn()  # warm-up at this shape
+    def timed(fn) -> tuple[float, float | None]:
+        """(seconds per call, peak GiB) after one warm-up call at this shape."""
+        fn()
         sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         for _ in range(repeats):
             fn()
         sync()
-        return (time.perf_counter() - t0) / repeats
+        seconds = (time.perf_counter() - t0) / repeats
+        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+        return seconds, peak
 
-    for bs in batches:
-        def run(bs=bs):
-            out = engine.edit_batch(reqs[:bs])
-            bad = [r for r in out if isinstance(r, Exception)]
-            if bad:
-                raise bad[0]
-        result[f"editflow_bs{bs}_img_s"] = round(bs / timed(run), 3)
+    for dtype in dtypes:
+        pipe = StableDiffusionInpaintPipeline(**c, safety_checker=None, feature_extractor=None,
+                                              requires_safety_checker=False)
+        part: dict = {}
+        for mb in micro_batches:
+            engine = SDEngine(pipe, device=device, model="random-sd15-inpaint", dtype=dtype, micro_batch=mb)
+            seconds, peak = timed(lambda: check(engine.edit_batch(reqs)))
+            part[f"pipeline_mb{mb}"] = {"img_s": round(rows / seconds, 3), "gpu_s_per_row": round(seconds / rows, 3),
+                                        "peak_gib": peak}
+        seconds, peak = timed(lambda: check(engine.edit_batch(sampler_reqs)))
+        part[f"sampler_mb{micro_batches[-1]}"] = {"img_s": round(rows / seconds, 3),
+                                                  "gpu_s_per_row": round(seconds / rows, 3), "peak_gib": peak}
+        naive_pipe = engine.inpaint_pipe
 
-    sampler_reqs = [r.__class__(**{**r.__dict__, "params": {"sampler": True}}) for r in reqs]
-    bs = max(batches)
-    result[f"editflow_sampler_bs{bs}_img_s"] = round(bs / timed(lambda: engine.edit_batch(sampler_reqs[:bs])), 3)
+        def naive() -> None:
+            with pipeline_vae(naive_pipe.vae, naive_pipe.unet.dtype, engine.vae_dtype):  # as diffusers loads it
+                naive_rows()
 
-    n = max(batches)
-    images = [Image.fromarray(r.image) for r in reqs[:n]]
-    mask = Image.fromarray((reqs[0].mask * 255).astype(np.uint8))
+        def naive_rows() -> None:
+            for i in range(rows):
+                result = naive_pipe(prompt="a photo of a cat", negative_prompt="blurry", image=images[i],
+                                    mask_image=mask, height=size, width=size, num_inference_steps=steps,
+                                    guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(i),
+                                    output_type="np").images
+                if not np.isfinite(result).all():
+                    raise RuntimeError("naive loop produced non-finite pixels")
 
-    def naive():
-        for i in range(n):
-            pipe(prompt="a photo of a cat", negative_prompt="blurry", image=images[i], mask_image=mask,
-                 height=size, width=size, num_inference_steps=steps, guidance_scale=7.5,
-                 generator=torch.Generator("cpu").manual_seed(i))
-    result["naive_loop_img_s"] = round(n / timed(naive), 3)
-    return result
+        seconds, peak = timed(naive)
+        part["naive_loop"] = {"img_s": round(rows / seconds, 3), "gpu_s_per_row": round(seconds / rows, 3),
+                              "peak_gib": peak}
+        best = max(v["img_s"] for k, v in part.items() if k.startswith("pipeline"))
+        part["best_vs_naive"] = round(best / part["naive_loop"]["img_s"], 2)
+        part["unet_tflops_achieved"] = round(best * tflop_per_image, 1)
+        part["fraction_of_h100_bf16_ceiling"] = round(best * tflop_per_image / H100_BF16_TFLOPS, 3)
+        part["switches"], part["vae_dtype"] = engine.switches, str(engine.vae_dtype).replace("torch.", "")
+        out[dtype] = part
+        print(f"{device} {dtype}:", json.dumps(part), flush=True)
+        del engine, naive_pipe, pipe
+        if cuda:
+            torch.cuda.empty_cache()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,15 +238,14 @@ def main(argv: list[str] | None = None) -> int:
         print("cpu:", json.dumps(report["cpu_fp32"]), flush=True)
     if torch.cuda.is_available():
         report["gpu_name"] = torch.cuda.get_device_name(0)
+        report["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
         report["gpu"] = throughput_part(c, "cuda", size, args.steps, (1, 4, 8), args.repeats)
-        print("gpu:", json.dumps(report["gpu"]), flush=True)
     elif args.tiny:
-        report["throughput_cpu_tiny"] = throughput_part(c, "cpu", size, 2, (1, 4), 1)
-        print("throughput (tiny, cpu):", json.dumps(report["throughput_cpu_tiny"]), flush=True)
+        report["throughput_cpu_tiny"] = throughput_part(c, "cpu", size, 2, (1, 4), 1, dtypes=("fp32", "bf16"), rows=4)
     else:
         report["gpu"] = "skipped: no CUDA device on this machine"
-        print("note: no CUDA device here; the GPU throughput part (bf16, batch 1/4/8 vs naive loop) was skipped",
-              flush=True)
+        print("note: no CUDA device here; the GPU throughput part (fp16 and bf16, micro-batch 1/4/8 vs a naive "
+              "loop) was skipped", flush=True)
     print(json.dumps(report, indent=2))
     return 0
 

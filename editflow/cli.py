@@ -1,22 +1,23 @@
 """The `editflow` command: run a manifest, edit one image, validate a manifest, list models, preview masks.
 
-Exit codes: 0 every row ok, 2 some rows failed, 1 fatal (nothing or not everything could run).
+A thin shell over the Python API (editflow/api.py): `run` and `edit` parse arguments, call it and
+print. Exit codes: 0 every row ok, 2 some rows failed, 1 fatal (nothing or not everything could run).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from editflow import __version__, storage
-from editflow.config import OUTPUT_FORMATS, RunConfig
+from editflow.config import ENGINE_SWITCHES, OUTPUT_FORMATS
 from editflow.engines import DEFAULT_ENGINE, engine_names
-from editflow.manifest import TASKS, ManifestError, RowError, parse_row, read_manifest
+from editflow.errors import EditflowError
+from editflow.manifest import TASKS, RowError, parse_row, read_manifest
 from editflow.tasks import CATEGORIES
 
 EXIT_OK, EXIT_FATAL, EXIT_ROW_ERRORS = 0, 1, 2
@@ -46,7 +47,30 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="turn off the per-worker mask and reference caches (to measure what they save)")
     parser.add_argument("--sam-refine", action="store_true",
                         help="refine landmark masks (face:, person) with SAM when a checkpoint is set")
+    _add_switches(parser)
     _add_media(parser)
+
+
+def _add_switches(parser: argparse.ArgumentParser) -> None:
+    """The diffusers engines' GPU switches; unset = the EDITFLOW_* environment variable, else the default."""
+    g = parser.add_argument_group("diffusers engine switches (default: EDITFLOW_* env vars, else off / auto)")
+    g.add_argument("--dtype", default=None, choices=("auto", "fp32", "fp16", "bf16"),
+                   help="weights dtype (auto: bf16 on compute capability >= 8, fp16 on older GPUs, fp32 on CPU)")
+    g.add_argument("--cpu-offload", action="store_true", default=None, help="model CPU offload (CUDA; less GPU memory)")
+    g.add_argument("--attention-slicing", action="store_true", default=None,
+                   help="sliced attention (less memory, slower; replaces SDPA on the sliced layers)")
+    g.add_argument("--no-sdpa", dest="sdpa", action="store_false", default=None, help="classic attention instead of SDPA")
+    g.add_argument("--vae-tiling", action="store_true", default=None, help="tiled VAE (large images)")
+    g.add_argument("--micro-batch", type=int, default=None,
+                   help="rows per network call (default: 1 on CPU, the whole group on GPU, halved on out-of-memory)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (CUDA)")
+    g.add_argument("--safety-checker", action="store_true", default=None,
+                   help="run the model's safety checker on outputs; flagged rows become NSFWContentError rows")
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show library logs (Ray, MediaPipe, ...) live instead of in a log file")
 
 
 def _add_media(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--out", required=True, help="output folder: a path or a URI (s3://bucket/prefix, gs://...)")
     run.add_argument("--executor", default="ray", choices=("ray", "local"),
                      help="ray (default; embedded local cluster unless RAY_ADDRESS is set) or local (in-process)")
-    run.add_argument("--workers", type=int, default=None, help="edit actors on Ray (default: one per GPU, or 1)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="edit actors on Ray (default: GPUs / --gpus-per-worker, or 1)")
+    run.add_argument("--gpus-per-worker", type=float, default=None,
+                     help="GPUs per edit actor for diffusers engines (default 1; 0.5 = two actors per GPU; 0 = CPU)")
     run.add_argument("--batch-size", type=int, default=4, help="rows per engine call (default 4)")
     run.add_argument("--rows-per-block", type=int, default=8,
                      help="rows per Ray block: the unit of retry and failure (default 8)")
@@ -80,7 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force-unlock", action="store_true",
                      help="take OUT's lease even if another run seems alive (only when you know it is not)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--progress-interval", type=float, default=None, metavar="S",
+                     help="seconds between progress lines when stderr is not a terminal "
+                          "(default 10, env EDITFLOW_PROGRESS_INTERVAL); a terminal gets a live bar")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (rows per task and engine, models and whether their weights are here, "
+                          "masks to compute) and exit without editing or writing anything")
     run.add_argument("--report", action="store_true", help="also write the HTML report (OUT/report/index.html)")
+    _add_verbose(run)
     _add_common(run)
 
     edit = sub.add_parser("edit", help="edit one image through the same stages",
@@ -103,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--params", default=None, help="engine extras as a JSON object")
     edit.add_argument("-o", "--out", required=True, help="output image path (.png, .jpg, .webp)")
     edit.add_argument("--save-mask", default=None, help="also write the mask used to this path")
+    _add_verbose(edit)
     _add_common(edit)
     edit.set_defaults(output_format=None)  # the output path's suffix decides
 
@@ -142,18 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     from editflow.commands import models as models_cli
 
     models_cli.add_parser(sub).set_defaults(func=models_cli.run)
-    masks_preview.add_parser(sub).set_defaults(func=masks_preview.run)
+    _add_verbose(masks_preview.add_parser(sub))
     run.set_defaults(func=cmd_run)
     edit.set_defaults(func=cmd_edit)
     validate.set_defaults(func=cmd_validate)
     return parser
 
 
+#: commands whose library output (Ray, MediaPipe) goes to a log file unless -v
+QUIET_COMMANDS = ("run", "edit", "masks")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except ManifestError as exc:
+        with _library_logs(args):
+            return args.func(args)
+    except EditflowError as exc:
         print(f"editflow: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
@@ -161,41 +201,60 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
 
 
-def _config(args: argparse.Namespace, out_dir: str, base_dir: str, **extra) -> RunConfig:
-    settings = dict(
-        out_dir=out_dir, base_dir=base_dir, engine=args.engine, model=args.model, device=args.device,
-        cpu_threads=args.cpu_threads, output_format=args.output_format, allowed_schemes=("file", *args.allow_scheme),
+def _switches(args: argparse.Namespace) -> dict:
+    """Engine switches: the flags, else the driver's EDITFLOW_* variables (carried to every worker)."""
+    from editflow.models import RuntimeOptions
+
+    env = RuntimeOptions.from_env()
+    return {name: getattr(args, name) if getattr(args, name) is not None else env.get(name) for name in ENGINE_SWITCHES}
+
+
+
+def _library_logs(args: argparse.Namespace):
+    """Library output to a log file (OUT/logs/ for run and masks) for the commands that run models."""
+    from editflow.logs import default_log_path, library_logs
+
+    if args.command not in QUIET_COMMANDS or getattr(args, "dry_run", False):
+        return contextlib.nullcontext()
+    out = args.out if args.command in ("run", "masks") else None
+    return library_logs(default_log_path(out), verbose=args.verbose)
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """The RunConfig settings the common flags give (for the API's Editor and run)."""
+    return dict(
+        cpu_threads=args.cpu_threads, allowed_schemes=("file", *args.allow_scheme),
         allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels,
         sam_checkpoint=args.sam_checkpoint, sam_model_type=args.sam_model_type, sam_refine=args.sam_refine,
-        cache=args.cache, **({} if args.quality is None else {"quality": args.quality}),
+        cache=args.cache, **({} if args.quality is None else {"quality": args.quality}), **_switches(args),
     )
-    return RunConfig(**{**settings, **extra})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from editflow.runners.driver import RunError, run_manifest
+    from editflow import api
 
-    manifest = read_manifest(args.manifest)
-    config = _config(args, args.out, manifest.base_dir, batch_size=args.batch_size)
-    try:
-        summary = run_manifest(manifest, config, executor=args.executor, resume=args.resume,
-                               workers=args.workers, rows_per_block=args.rows_per_block, progress=not args.quiet,
-                               force_unlock=args.force_unlock)
-    except RunError as exc:
-        print(f"editflow: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    counts = summary["status"]
-    print(f"editflow: {summary['rows']} rows: {counts['ok']} ok, {counts['error']} error, "
-          f"{summary['missing']} missing ({summary['wall_s']} s, {args.executor})")
-    print(f"  images:  {storage.join(args.out, 'images')}")
-    print(f"  results: {storage.join(args.out, 'results')}")
-    print(f"  summary: {storage.join(args.out, 'summary.json')}")
-    for error_type, count in summary["error_types"].items():
-        example = summary["error_examples"].get(error_type, "")
-        print(f"  {count} x {error_type}: {example}", file=sys.stderr)
+    if args.dry_run:
+        plan = api.plan(args.manifest, engine=args.engine, model=args.model, sam_checkpoint=args.sam_checkpoint)
+        print("\n".join(plan.lines()))
+        return EXIT_OK if plan.runnable else EXIT_ROW_ERRORS
+    summary = api.run(
+        args.manifest, args.out, executor=args.executor, resume=args.resume, engine=args.engine, model=args.model,
+        device=args.device, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+        rows_per_block=args.rows_per_block, progress=not args.quiet,
+        progress_interval=args.progress_interval, verbose=args.verbose, force_unlock=args.force_unlock,
+        batch_size=args.batch_size, output_format=args.output_format, **_settings(args),
+    )
+    print(f"editflow: {summary.rows} rows: {summary.ok} ok, {summary.error} error, "
+          f"{summary.missing} missing ({summary.wall_s} s, {args.executor})")
+    print(f"  images:  {summary.images}")
+    print(f"  results: {summary.results}")
+    print(f"  summary: {summary.summary_path}")
+    for error_type, count in summary.error_types.items():
+        example = summary.error_examples.get(error_type, "")
+        print(f"editflow: {count} x {error_type}: {example}", file=sys.stderr)
     if args.report:
-        return max(summary["exit_code"], _write_report(args.out, "  report:  "))
-    return summary["exit_code"]
+        return max(summary.exit_code, _write_report(args.out, "  report:  "))
+    return summary.exit_code
 
 
 def _write_report(out: str, label: str, **options) -> int:
@@ -219,37 +278,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from editflow.media import atomic_write_bytes
-    from editflow.runners.local import build_stages
-    from editflow.runners.stages import new_row, run_stages
+    import numpy as np
+
+    from editflow import api
     from editflow.config import format_for_path
-    from editflow.media import MediaError
+    from editflow.media import atomic_write_bytes, encode_image
 
     target = Path(args.out)
-    try:
-        fmt = format_for_path(args.out, args.output_format)
-    except MediaError as exc:
-        print(f"editflow: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    raw = {
-        "id": target.stem or "edit", "task": args.task, "image": args.image, "mask": args.mask,
-        "prompt": args.prompt, "negative_prompt": args.negative_prompt, "reference": args.reference,
-        "category": args.category, "params": args.params,
-        **{k: None if v is None else str(v) for k, v in {
-            "seed": args.seed, "steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance_scale,
-            "jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample, "mask_grow": args.mask_grow,
-            "mask_feather": args.mask_feather}.items()},
-    }
-    with tempfile.TemporaryDirectory(prefix="editflow-edit-") as scratch:
-        config = _config(args, scratch, os.getcwd(), output_format=fmt)
-        row = run_stages([new_row(raw, config.run_id)], build_stages(config))[0]
-        if row["status"] != "ok":
-            print(f"editflow: {row['error_stage']} failed: {row['error_message']}", file=sys.stderr)
+    fmt = format_for_path(args.out, args.output_format)  # before any work: a contradiction is an error
+    options = {k: v for k, v in {
+        "steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance_scale,
+        "jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample, "mask_grow": args.mask_grow,
+        "mask_feather": args.mask_feather, "params": args.params}.items() if v is not None}
+    with api.Editor(engine=args.engine, model=args.model, device=args.device, **_settings(args)) as editor:
+        try:
+            output = editor.edit(args.image, args.mask, args.task, id=target.stem or "edit", prompt=args.prompt,
+                                 negative_prompt=args.negative_prompt, reference=args.reference,
+                                 category=args.category, seed=args.seed, **options)
+        except api.EditFailed as exc:
+            print(f"editflow: {exc.stage} failed: {exc.info.get('error_message')}", file=sys.stderr)
             return EXIT_ROW_ERRORS
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, (Path(scratch) / row["output"]).read_bytes())
+        output.save(target, output_format=fmt)
         if args.save_mask:
-            shutil.copyfile(Path(scratch) / row["mask_output"], args.save_mask)
+            atomic_write_bytes(args.save_mask, encode_image(np.asarray(output.mask), "png"))
+    row = output.info
     print(json.dumps({k: row.get(k) for k in ("engine", "task", "seed", "steps", "strength", "nfe", "width", "height",
                                              "mask_area", "unmasked_max_diff", "t_edit_s")}, default=str))
     print(f"editflow: wrote {target}")

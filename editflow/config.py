@@ -11,6 +11,8 @@ from editflow.engines import DEFAULT_ENGINE
 from editflow.media import DEFAULT_QUALITY, MediaError, MediaPolicy
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+ENGINE_SWITCHES = ("dtype", "cpu_offload", "attention_slicing", "sdpa", "vae_tiling", "micro_batch", "compile",
+                   "safety_checker")
 FORMAT_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
@@ -66,7 +68,22 @@ class RunConfig:
     #: per-worker caches (masks per image and spec, reference encodings per reference); off only
     #: to measure what they save
     cache: bool = True
+    # switches of the diffusers engines (editflow.models.RuntimeOptions); None = the EDITFLOW_*
+    # environment variable of the process that loads the model, else the engine's default
+    dtype: str | None = None  # auto | fp32 | fp16 | bf16
+    cpu_offload: bool | None = None
+    attention_slicing: bool | None = None
+    sdpa: bool | None = None
+    vae_tiling: bool | None = None
+    micro_batch: int | None = None
+    compile: bool | None = None
+    safety_checker: bool | None = None
     run_id: str = field(default_factory=new_run_id)
+
+    def engine_options(self) -> dict:
+        """The switches set for this run, as engine keyword arguments (travels to Ray actors
+        with the pickled config, so no environment variable has to reach the workers)."""
+        return {name: getattr(self, name) for name in ENGINE_SWITCHES if getattr(self, name) is not None}
 
     def mask_settings(self):
         from editflow.masks.auto import MaskSettings

@@ -23,10 +23,6 @@ def _quote(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
-def _number(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def format_infotext(row: Mapping[str, Any]) -> str:
     """The A1111 text for a finished result row (prompt, negative prompt, then key: value pairs).
 
@@ -47,6 +43,6 @@ def format_infotext(row: Mapping[str, Any]) -> str:
         "Mask": row.get("mask_spec"),
         "Version": f"editflow {row.get('editflow_version') or ''}".strip(),
     }
-    settings = ", ".join(f"{key}: {_quote(_number(value))}" for key, value in pairs.items()
+    settings = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items()
                          if value is not None and value != "")
     return "\n".join([row.get("prompt") or "", f"Negative prompt: {row.get('negative_prompt') or ''}", settings])

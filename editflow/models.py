@@ -15,7 +15,8 @@ loading raises `ModelNotAvailableError`, whose message names the model, where it
 and the command that fetches it. The edit stage turns that into an error row for the rows that
 need the model; the rest of the job goes on.
 
-Device and dtype (`select_device`, `select_dtype`): cuda -> bf16 where supported, else fp16;
+Device and dtype (`select_device`, `select_dtype`): cuda -> bf16 on compute capability >= 8
+(Ampere and later), else fp16 (V100 / T4 only emulate bf16);
 mps -> fp32 (fp16 gives black images on some MPS builds, diffusers #4480, IOPaint's choice);
 cpu -> fp32. Override with the engine option / ``EDITFLOW_DTYPE`` (fp32, fp16, bf16).
 
@@ -243,7 +244,7 @@ _DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16"
 
 
 def select_dtype(device: str, preference: str | None = None):
-    """cuda -> bf16 (fp16 where bf16 is unsupported), mps -> fp32, cpu -> fp32; `preference` wins."""
+    """cuda -> bf16 on compute capability >= 8, else fp16; mps -> fp32, cpu -> fp32; `preference` wins."""
     import torch
 
     if preference and preference != "auto":
@@ -252,8 +253,18 @@ def select_dtype(device: str, preference: str | None = None):
         except KeyError:
             raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {preference!r}") from None
     if str(device).startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return torch.float32
+
+
+def native_bf16(device: str = "cuda") -> bool:
+    """bf16 runs natively from compute capability 8 (Ampere) on; `torch.cuda.is_bf16_supported()`
+    also counts the emulated bf16 of V100 / T4 (capability 7.x), many times slower than fp16."""
+    import torch
+
+    index = str(device).partition(":")[2]
+    major, _ = torch.cuda.get_device_capability(int(index) if index else None)
+    return major >= 8
 
 
 def _env_flag(name: str) -> bool | None:
@@ -261,6 +272,14 @@ def _env_flag(name: str) -> bool | None:
     if value is None or value.strip() == "":
         return None
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+#: switch -> its environment variable (the default when neither options nor the run's config set it)
+SWITCH_ENV = {
+    "dtype": "EDITFLOW_DTYPE", "attention_slicing": "EDITFLOW_ATTENTION_SLICING", "vae_tiling": "EDITFLOW_VAE_TILING",
+    "cpu_offload": "EDITFLOW_CPU_OFFLOAD", "sdpa": "EDITFLOW_SDPA", "micro_batch": "EDITFLOW_MICRO_BATCH",
+    "safety_checker": "EDITFLOW_SAFETY_CHECKER", "compile": "EDITFLOW_COMPILE",
+}
 
 
 @dataclass
@@ -273,7 +292,17 @@ class RuntimeOptions:
     cpu_offload: bool = False  # enable_model_cpu_offload (CUDA only)
     sdpa: bool = True  # torch scaled_dot_product_attention (diffusers' default processor)
     micro_batch: int | None = None  # rows per network call; None = 1 on CPU, whole batch on GPU
+    safety_checker: bool = False  # run the model's safety checker on outputs, flag rows (nsfw)
+    compile: bool = False  # torch.compile the UNet (CUDA: faster steady state, minutes of warm-up)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> dict[str, Any]:
+        """The switches the EDITFLOW_* environment variables set (the driver puts them in the run's
+        config, so they reach Ray actors whatever their environment)."""
+        defaults, env = cls(), cls.from_options({})
+        return {name: getattr(env, name) for name in SWITCH_ENV
+                if os.environ.get(SWITCH_ENV[name], "").strip() and getattr(env, name) != getattr(defaults, name)}
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> RuntimeOptions:
@@ -289,16 +318,23 @@ class RuntimeOptions:
         def as_bool(v: Any) -> bool:
             return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes", "on")
 
-        known = {"dtype", "attention_slicing", "vae_tiling", "cpu_offload", "sdpa", "micro_batch"}
+        known = {"dtype", "attention_slicing", "vae_tiling", "cpu_offload", "sdpa", "micro_batch", "safety_checker",
+                 "compile", "shared_models"}
         return cls(
-            dtype=pick("dtype", "EDITFLOW_DTYPE", str, None),
-            attention_slicing=pick("attention_slicing", "EDITFLOW_ATTENTION_SLICING", as_bool, False),
-            vae_tiling=pick("vae_tiling", "EDITFLOW_VAE_TILING", as_bool, False),
-            cpu_offload=pick("cpu_offload", "EDITFLOW_CPU_OFFLOAD", as_bool, False),
-            sdpa=pick("sdpa", "EDITFLOW_SDPA", as_bool, True),
-            micro_batch=pick("micro_batch", "EDITFLOW_MICRO_BATCH", int, None),
+            dtype=pick("dtype", SWITCH_ENV["dtype"], str, None),
+            attention_slicing=pick("attention_slicing", SWITCH_ENV["attention_slicing"], as_bool, False),
+            vae_tiling=pick("vae_tiling", SWITCH_ENV["vae_tiling"], as_bool, False),
+            cpu_offload=pick("cpu_offload", SWITCH_ENV["cpu_offload"], as_bool, False),
+            sdpa=pick("sdpa", SWITCH_ENV["sdpa"], as_bool, True),
+            micro_batch=pick("micro_batch", SWITCH_ENV["micro_batch"], int, None),
+            safety_checker=pick("safety_checker", SWITCH_ENV["safety_checker"], as_bool, False),
+            compile=pick("compile", SWITCH_ENV["compile"], as_bool, False),
             extra={k: v for k, v in options.items() if k not in known},
         )
+
+    def switch_key(self) -> tuple:
+        """What a loaded pipeline depends on (engines with equal keys may share one)."""
+        return (self.dtype, self.attention_slicing, self.vae_tiling, self.cpu_offload, self.sdpa, self.compile)
 
     def rows_per_call(self, device: str) -> int | None:
         """Rows per network call: `micro_batch`, else 1 on CPU (batch-invariant bytes), else all."""
@@ -330,6 +366,11 @@ def apply_switches(pipe: Any, options: RuntimeOptions, device: str) -> list[str]
         applied.append("model_cpu_offload")
     else:
         pipe.to(device)
+    if options.compile and getattr(pipe, "unet", None) is not None:
+        import torch
+
+        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", dynamic=False)
+        applied.append("compile")
     return applied
 
 

@@ -249,6 +249,10 @@ def build_report(out: str, *, page_size: int = PAGE_SIZE, thumb_px: int = THUMB_
                 number, chunk = number + 1, []
         if chunk or number == 1:
             _write_page(out, number, pages, chunk, list(pool.map(thumbs.row, chunk)), header)
+    for location in storage.list_files(storage.join(out, REPORT_DIR), ".html"):  # pages of an earlier, longer report
+        match = re.fullmatch(r"page-(\d+)\.html", location.rsplit("/", 1)[-1])
+        if match and int(match.group(1)) > pages:
+            storage.delete(location)
     return Report(index=storage.join(out, REPORT_DIR, "index.html"), rows=selection.rows, pages=pages,
                   thumbs_written=thumbs.written, unreadable_files=selection.unreadable)
 

@@ -8,8 +8,12 @@ page and travel to the other pages in the URL's #fragment.
 
 from __future__ import annotations
 
+from collections import Counter
 from html import escape
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # report.py imports this module
+    from editflow.report import Selection
 
 STYLE = """
 body{font:13px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#f6f6f4}
@@ -74,7 +78,7 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}s"
 
 
-def _counts(summary: dict[str, Any], selection) -> str:
+def _counts(summary: dict[str, Any], selection: Selection) -> str:
     statuses = {"ok": 0, "error": 0, "skipped": 0, **selection.status}
     items = [f'<li class="{_attr(s)}"><b id="count-{_attr(s)}">{n}</b>{_attr(s)}</li>' for s, n in statuses.items()]
     items.insert(0, f'<li><b id="count-rows">{selection.rows}</b>rows</li>')
@@ -86,8 +90,8 @@ def _counts(summary: dict[str, Any], selection) -> str:
     return '<ul class="counts">' + "".join(items) + "</ul>"
 
 
-def _groups(selection, summary: dict[str, Any]) -> str:
-    def line(label: str, counter) -> str:
+def _groups(selection: Selection, summary: dict[str, Any]) -> str:
+    def line(label: str, counter: Counter) -> str:
         return f"{label}: " + ", ".join(f"{_attr(k or NONE)} {n}" for k, n in sorted(counter.items()))
 
     lines = [line("tasks", selection.task), line("engines", selection.engine)]
@@ -110,8 +114,8 @@ def _pager(number: int, pages: int, error_pages: int, page_name: Callable[[int],
     return "<nav>" + "".join(parts) + "</nav>"
 
 
-def _filters(selection) -> str:
-    def select(key: str, counter) -> str:
+def _filters(selection: Selection) -> str:
+    def select(key: str, counter: Counter) -> str:
         options = "".join(f'<option value="{_attr(v or NONE)}">{_attr(v or NONE)} ({n})</option>'
                           for v, n in sorted(counter.items()))
         return f'<label>{key} <select id="filter-{key}"><option value="">all</option>{options}</select></label>'
@@ -155,7 +159,8 @@ def _row(row: dict[str, Any], thumbs: dict[str, str | None], eager: bool) -> str
 
 
 def render_page(*, number: int, pages: int, rows: list[dict[str, Any]], thumbs: list[dict[str, str | None]],
-                page_name: Callable[[int], str], summary: dict[str, Any], selection, error_pages: int) -> str:
+                page_name: Callable[[int], str], summary: dict[str, Any], selection: Selection,
+                error_pages: int) -> str:
     """One self-contained page of the report."""
     run = summary.get("run_id") or "(no summary.json)"
     pager = _pager(number, pages, error_pages, page_name)

@@ -79,3 +79,14 @@ def tiny_ip_adapter(tiny_models) -> Path:
 
     unet = UNet2DConditionModel.from_pretrained(tiny_models["sd-inpaint"], subfolder="unet")
     return save_tiny_ip_adapter(Path(tiny_models["sd-inpaint"]).parent / "ip_adapter", unet)
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapter_plus(tiny_models) -> Path:
+    """h94/IP-Adapter's folder layout holding both a tiny plain and a tiny IP-Adapter-plus (Resampler)."""
+    from diffusers import UNet2DConditionModel
+
+    from tests.tiny_models import save_tiny_ip_adapter_plus
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd-inpaint"], subfolder="unet")
+    return save_tiny_ip_adapter_plus(Path(tiny_models["sd-inpaint"]).parent / "ip_adapter_plus", unet)

@@ -30,7 +30,7 @@ def test_makeup_reuses_the_mask_stages_face_landmarks() -> None:
                               reference_key="ref", image_key="astronaut-face", **kwargs)
         (result,) = engine.edit_batch([request])
         assert not isinstance(result, Exception), result
-        calls = engine.faces.landmarker.calls
+        calls = engine.face_data.landmarker.calls
         engine.close()
         return result.image, calls
 
@@ -46,7 +46,7 @@ def test_edit_stage_closes_its_engines(tmp_path) -> None:
 
     stage = EditStage(RunConfig(out_dir=str(tmp_path)))
     engine = stage.engine("builtin", "makeup", None)
-    landmarker = engine.faces.landmarker  # started on first use
+    landmarker = engine.face_data.landmarker  # started on first use
     stage.close()
-    assert engine.faces._landmarker is None and stage.engines == {}
+    assert engine.face_data._landmarker is None and stage.engines == {}
     assert landmarker is not None

@@ -101,6 +101,49 @@ def test_ipadapter_paste_back_size_and_garment_cache(ipa):
     assert again.reference_cached is True
 
 
+def test_ipadapter_plus_is_the_default_when_present(tiny_models, tiny_ip_adapter_plus, tiny_ip_adapter):
+    """A folder holding ip-adapter-plus_sd15 runs the plus adapter (Resampler over CLIP's penultimate
+    patch features, loaded through diffusers' load_ip_adapter); one without it runs the plain one;
+    the row records which."""
+    e = engine("sd-ipadapter", tiny_models["sd-inpaint"], ip_adapter=str(tiny_ip_adapter_plus))
+    shapes = []
+    handle = e.pipe.unet.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["added_cond_kwargs"]["image_embeds"][0].shape)), with_kwargs=True)
+    try:
+        (plus,) = ok(e.edit_batch([tryon("p", key="plus-1")]))
+    finally:
+        handle.remove()
+    assert e.adapter.kind == "plus" and "ip-adapter-plus_sd15.safetensors" in plus.adapter
+    projection = e.pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    assert type(projection).__name__ == "IPAdapterPlusImageProjection"
+    assert set(shapes) == {(2, 1, 65, 32)}  # [negative, positive] x 1 image x (64 patches + CLS) x 32
+    out = composite_unmasked(PERSON, plus.image, MASK)
+    assert unmasked_max_diff(PERSON, out, MASK) == 0 and np.any(out[MASK > 0] != PERSON[MASK > 0])
+    # the row (or the engine) naming a weight file wins
+    (named,) = ok(e.edit_batch([tryon("n", key="plus-1", params={"ip_adapter_weight": "models/ip-adapter_sd15.safetensors"})]))
+    assert "models/ip-adapter_sd15.safetensors" in named.adapter and e.adapter.kind == "base"
+    plain = engine("sd-ipadapter", tiny_models["sd-inpaint"], ip_adapter=str(tiny_ip_adapter))
+    (r,) = ok(plain.edit_batch([tryon("q", key="plus-1")]))
+    assert plain.adapter.kind == "base" and "models/ip-adapter_sd15.safetensors" in r.adapter
+
+
+def test_ipadapter_plus_from_the_hub_cache(tiny_models, tiny_ip_adapter_plus, empty_hub_cache):
+    """The default h94/IP-Adapter, offline: plus is chosen when the hub cache holds its file."""
+    import shutil
+
+    snapshot = empty_hub_cache / "models--h94--IP-Adapter" / "snapshots" / ("a" * 40)
+    shutil.copytree(tiny_ip_adapter_plus / "models", snapshot / "models")
+    (empty_hub_cache / "models--h94--IP-Adapter" / "refs").mkdir()
+    (empty_hub_cache / "models--h94--IP-Adapter" / "refs" / "main").write_text("a" * 40)
+    e = get_engine_class("sd-ipadapter", "tryon")(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    (r,) = ok(e.edit_batch([tryon("h", steps=2)]))
+    assert e.adapter.kind == "plus" and r.adapter.startswith("ip-adapter h94/IP-Adapter models/ip-adapter-plus_sd15")
+    (snapshot / "models" / "ip-adapter-plus_sd15.safetensors").unlink()
+    e2 = get_engine_class("sd-ipadapter", "tryon")(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    (r2,) = ok(e2.edit_batch([tryon("h", steps=2)]))
+    assert e2.adapter.kind == "base" and "models/ip-adapter_sd15.safetensors" in r2.adapter
+
+
 def test_ipadapter_is_deterministic_alone_or_in_a_batch(ipa):
     (alone,) = ok(ipa.edit_batch([tryon("x", seed=11, key="g-det")]))
     batch = ok(ipa.edit_batch([tryon("y", image=OTHER, seed=12, garment=GARMENT_2, key="g2-det"),

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from editflow import cli, storage
+from editflow.media import sha256_hex
 from editflow.report import ReportError, build_report, page_name
 from editflow.results import to_result_table
 from tests.conftest import write_jsonl
@@ -132,6 +133,8 @@ def test_pagination_splits_rows_into_pages_errors_first(tmp_path: Path):
     assert flat[:len(errors)] == errors and len(set(flat)) == 450
     assert 'href="page-2.html"' in pages[0].read_text() and 'href="index.html"' in pages[2].read_text()
     assert 'id="count-error">45<' in pages[2].read_text()  # run-wide counts on every page
+    assert build_report(str(out), page_size=300).pages == 2
+    assert sorted(p.name for p in (out / "report").glob("*.html")) == ["index.html", "page-2.html"]
 
 
 def test_a_resumed_id_shows_once_with_its_ok_row(tmp_path: Path):
@@ -176,3 +179,19 @@ def test_report_on_an_object_store_out(tmp_path: Path, photo_dir: Path, s3_bucke
         assert stream.metadata().get("Content-Type") == b"image/webp"
     assert cli.main(["report", out]) == 0
     assert "(2 rows, 1 page, 0 new thumbnails)" in capsys.readouterr().out
+
+
+def test_a_result_pointing_outside_out_gets_no_thumbnail(tmp_path: Path):
+    """Result files are data: an `output` of ../x is never read (nor shown) by the report."""
+    out = tmp_path / "out"
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(secret)
+    (out / "results").mkdir(parents=True)
+    pq.write_table(to_result_table([{"id": "sneaky", "status": "ok", "task": "inpaint", "engine": "opencv",
+                                     "output": "../secret.png", "output_sha256": sha256_hex(secret.read_bytes())}]),
+                   out / "results" / "part-0.parquet")
+    report = build_report(str(out))
+    assert report.rows == 1 and report.thumbs_written == 0
+    assert list((out / "report" / "thumbs").iterdir()) == []
+    page = (out / "report" / "index.html").read_text()
+    assert "<img" not in page and "../../secret.png" not in page

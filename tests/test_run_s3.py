@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -172,3 +173,31 @@ def test_driver_killed_mid_run_on_s3_then_resume_gives_each_id_exactly_once(s3_b
     check_exactly_once(out, [f"row-{i:05d}" for i in range(rows)])
     summary = read_summary(out)
     assert summary["status"]["ok"] == rows and summary["resumed_ok_rows"] + summary["rows_this_run"] == rows
+
+
+def test_job_runtime_env_forwards_storage_credentials(monkeypatch):
+    """`ray job submit` runs the driver on the cluster: credentials must travel in env_vars."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-test")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.internal:9000")
+    monkeypatch.setenv("NOT_FORWARDED", "x")
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "runtime_env_json.py")], capture_output=True,
+                          text=True, check=True)
+    env = json.loads(done.stdout)
+    assert env["working_dir"] == "." and env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert env["env_vars"]["AWS_ACCESS_KEY_ID"] == "AKIA-test"
+    assert env["env_vars"]["AWS_ENDPOINT_URL"] == "http://minio.internal:9000"
+    assert "NOT_FORWARDED" not in env["env_vars"]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_a_manifest_from_s3_to_s3(s3_bucket, tmp_path):
+    """jobs/local_demo.sh: a real head (started without the credentials), `ray job submit`, S3 in and out."""
+    manifest = put_manifest(s3_bucket, 8)
+    out = f"{s3_bucket}/job-out"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(["bash", str(REPO / "jobs" / "local_demo.sh"), out, manifest, "--quiet"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    check_exactly_once(out, [f"row-{i:05d}" for i in range(8)])
+    assert read_summary(out)["status"]["ok"] == 8

@@ -282,3 +282,51 @@ def sd15_inpaint_unet_on_meta():
 
     with torch.device("meta"):
         return UNet2DConditionModel(**SD15_INPAINT_UNET_CONFIG)
+
+
+def tiny_ip_adapter_plus_state_dict(unet, image_hidden_size: int = 32, seed: int = 54, tokens: int = 4,
+                                    hidden: int = 32, heads: int = 1, depth: int = 4) -> dict:
+    """An IP-Adapter-plus for `unet`, flat like h94's ``ip-adapter-plus_sd15.safetensors``: the
+    Resampler (``image_proj.latents``, ``proj_in``, ``proj_out``, ``norm_out``, ``layers.<i>.0``
+    perceiver attention with ``norm1/norm2/to_q/to_kv/to_out``, ``layers.<i>.1.{0,1,3}`` feed-forward)
+    that diffusers' `_convert_ip_adapter_image_proj_to_diffusers` turns into
+    `IPAdapterPlusImageProjection`, and the same ``ip_adapter.<n>.to_k_ip/to_v_ip`` as the plain one.
+    diffusers reads the head count as ``to_q`` rows // 64, so attention is 64 wide per head."""
+    cross = int(unet.config.cross_attention_dim)
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.2):
+        return (torch.randn(*shape, generator=g) * scale).contiguous()
+
+    inner = 64 * heads
+    state = {
+        "image_proj.latents": rand(1, tokens, hidden, scale=hidden ** -0.5),
+        "image_proj.proj_in.weight": rand(hidden, image_hidden_size), "image_proj.proj_in.bias": rand(hidden),
+        "image_proj.proj_out.weight": rand(cross, hidden), "image_proj.proj_out.bias": rand(cross),
+        "image_proj.norm_out.weight": torch.ones(cross), "image_proj.norm_out.bias": torch.zeros(cross),
+    }
+    for i in range(depth):
+        p = f"image_proj.layers.{i}"
+        state.update({
+            f"{p}.0.norm1.weight": torch.ones(hidden), f"{p}.0.norm1.bias": torch.zeros(hidden),
+            f"{p}.0.norm2.weight": torch.ones(hidden), f"{p}.0.norm2.bias": torch.zeros(hidden),
+            f"{p}.0.to_q.weight": rand(inner, hidden), f"{p}.0.to_kv.weight": rand(2 * inner, hidden),
+            f"{p}.0.to_out.weight": rand(hidden, inner),
+            f"{p}.1.0.weight": torch.ones(hidden), f"{p}.1.0.bias": torch.zeros(hidden),
+            f"{p}.1.1.weight": rand(4 * hidden, hidden), f"{p}.1.3.weight": rand(hidden, 4 * hidden),
+        })
+    plain = tiny_ip_adapter_state_dict(unet, seed=seed + 1)
+    state.update({k: v for k, v in plain.items() if k.startswith("ip_adapter.")})
+    return state
+
+
+def save_tiny_ip_adapter_plus(root: Path, unet) -> Path:
+    """h94/IP-Adapter's layout with both adapters: models/ip-adapter_sd15.safetensors,
+    models/ip-adapter-plus_sd15.safetensors and models/image_encoder/."""
+    from safetensors.torch import save_file
+
+    root = save_tiny_ip_adapter(root, unet)
+    weights = root / "models" / "ip-adapter-plus_sd15.safetensors"
+    if not weights.exists():
+        save_file(tiny_ip_adapter_plus_state_dict(unet), str(weights))
+    return root

@@ -296,7 +296,8 @@ def masked_sample(
     m = denoiser.mask_to_space(masks).to(device=x0.device, dtype=x0.dtype)
     if m.shape != (batch, 1, *x0.shape[2:]):
         raise ValueError(f"mask_to_space returned {tuple(m.shape)} for samples {tuple(x0.shape)}")
-    start = x0 if init is None else m * denoiser.encode(init.to(images)) + (1 - m) * x0
+    # the SDEdit start matters below strength 1 only (pure noise at 1): no VAE encode of `init` there
+    start = x0 if init is None or config.strength == 1.0 else m * denoiser.encode(init.to(images)) + (1 - m) * x0
 
     noise = _randn(generators, x0)
     if config.strength == 1.0:

@@ -24,8 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from editflow.diffusion.denoiser import PixelSpace
+from editflow.engines.device import execution_device
 
-__all__ = ["LatentCondition", "LatentUNetDenoiser", "PixelUNetDenoiser", "chunks"]
+__all__ = ["LatentCondition", "LatentUNetDenoiser", "PixelUNetDenoiser", "chunks", "VAE_ROWS"]
+
+#: rows per VAE call when the networks take the whole group (GPU): a VAE decode at 512 px holds
+#: ~2.5 GB of activations per row in fp16, many times a UNet step's, so it never takes a whole group.
+VAE_ROWS = 4
 
 
 def chunks(n: int, size: int | None) -> Iterator[slice]:
@@ -81,15 +86,17 @@ class LatentUNetDenoiser:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images -> scaled latents (the posterior mode: deterministic, no generator)."""
         out = []
-        for sl in chunks(images.shape[0], self.rows_per_call):
-            x = images[sl].to(device=self.vae.device, dtype=self.vae.dtype)
+        device, dtype = execution_device(self.vae), self.vae.dtype
+        for sl in chunks(images.shape[0], self.rows_per_call or VAE_ROWS):
+            x = images[sl].to(device=device, dtype=dtype, non_blocking=True)
             out.append(self.vae.encode(x).latent_dist.mode().float() * self.scaling)
         return torch.cat(out).to(images.device)
 
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         out = []
-        for sl in chunks(samples.shape[0], self.rows_per_call):
-            z = (samples[sl] / self.scaling).to(device=self.vae.device, dtype=self.vae.dtype)
+        device, dtype = execution_device(self.vae), self.vae.dtype
+        for sl in chunks(samples.shape[0], self.rows_per_call or VAE_ROWS):
+            z = (samples[sl] / self.scaling).to(device=device, dtype=dtype, non_blocking=True)
             out.append(self.vae.decode(z).sample.float())
         return torch.cat(out).to(samples.device)
 
@@ -114,7 +121,7 @@ class LatentUNetDenoiser:
         c = condition
         cfg = c.negative_embeds is not None
         outs = []
-        dtype, device = self.unet.dtype, self.unet.device
+        dtype, device = self.unet.dtype, execution_device(self.unet)
         for sl in chunks(x_t.shape[0], self.rows_per_call):
             x = x_t[sl]
             if self.in_channels == 9:
@@ -174,7 +181,8 @@ class PixelUNetDenoiser(PixelSpace):
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: Any = None) -> torch.Tensor:
         outs = []
         for sl in chunks(x_t.shape[0], self.rows_per_call):
-            out = self.unet(x_t[sl].to(device=self.unet.device, dtype=self.unet.dtype), t[sl].to(self.unet.device)).sample
+            device = execution_device(self.unet)
+            out = self.unet(x_t[sl].to(device=device, dtype=self.unet.dtype), t[sl].to(device)).sample
             out = out[:, :3].float()  # learned-variance models output 6 channels: keep the mean part
             if self.model_prediction == "v_prediction":
                 a = alpha_bar_t[sl].view(-1, 1, 1, 1).to(out)

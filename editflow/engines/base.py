@@ -7,6 +7,7 @@ the original so that unmasked pixels stay exact for every engine (`composite_unm
 from __future__ import annotations
 
 import dataclasses
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -68,6 +69,10 @@ class EditResult:
     model_revision: str | None = None
     #: True when the reference's encoding came from the engine's per-worker cache
     reference_cached: bool | None = None
+    #: the safety checker's verdict when it ran (opt-in), else None
+    nsfw: bool | None = None
+    #: conditioning adapters the row ran with (IP-Adapter weight file and scale, ControlNet), if any
+    adapter: str | None = None
 
 
 class Engine(ABC):
@@ -123,21 +128,50 @@ class EngineError(EditflowError, ValueError):
     """A request the engine cannot run (wrong task, missing reference, bad params)."""
 
 
+class NSFWContentError(EditflowError):
+    """The (opt-in) safety checker flagged the row's output: nothing is written for it."""
+
+
 def run_grouped(jobs: list[Any], run: Any, results: list) -> None:
     """Group jobs by `job.key()`, call `run(group) -> list[EditResult]`, scatter into `results[job.index]`.
 
-    A failure inside one group's call becomes every row of that group's error, not the batch's.
+    A failure inside one group's call becomes every row of that group's error, not the batch's;
+    a group that runs out of accelerator memory is split in halves and retried, so only rows that
+    do not fit even alone fail.
     """
     groups: dict[tuple, list[Any]] = {}
     for job in jobs:
         groups.setdefault(job.key(), []).append(job)
     for group in groups.values():
-        try:
-            for job, result in zip(group, run(group), strict=True):
-                results[job.index] = result
-        except Exception as exc:
-            for job in group:
-                results[job.index] = exc
+        _run_group(group, run, results)
+
+
+def _run_group(group: list[Any], run: Any, results: list) -> None:
+    try:
+        for job, result in zip(group, run(group), strict=True):
+            results[job.index] = result
+    except Exception as exc:
+        if len(group) > 1 and is_out_of_memory(exc):
+            del exc  # drop the traceback's frames (and the tensors they hold) before retrying
+            _release_memory()
+            half = len(group) // 2
+            _run_group(group[:half], run, results)
+            _run_group(group[half:], run, results)
+            return
+        for job in group:
+            results[job.index] = exc
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's out-of-memory error (CUDA or another accelerator); torch stays unimported."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def _release_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass
@@ -161,22 +195,33 @@ class JobEngine(Engine):
 
     def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
         results: list[Any] = [None] * len(requests)
-        jobs = []
-        states: dict[int, Any] = {}
+        staged: dict[int, tuple[EditRequest, Any]] = {}
         for i, request in enumerate(requests):
             try:
                 request = dataclasses.replace(request, typed_params=self.params_of(request))
-                request, states[i] = self.before(request)
+                staged[i] = self.before(request)
+            except Exception as exc:
+                results[i] = exc
+        outputs = self.sample([request for request, _ in staged.values()])
+        for (i, (_, state)), output in zip(staged.items(), outputs):
+            if isinstance(output, EditResult):
+                try:
+                    output = self.after(requests[i], output, state)
+                except Exception as exc:
+                    output = exc
+            results[i] = output
+        return results
+
+    def sample(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        """Prepare and run `requests` as they are (no hooks): one result, or the row's exception, each."""
+        results: list[Any] = [None] * len(requests)
+        jobs = []
+        for i, request in enumerate(requests):
+            try:
                 jobs.append(self._prepare(i, request))
             except Exception as exc:
                 results[i] = exc
         run_grouped(jobs, self._run, results)
-        for i, state in states.items():
-            if isinstance(results[i], EditResult):
-                try:
-                    results[i] = self.after(requests[i], results[i], state)
-                except Exception as exc:
-                    results[i] = exc
         return [r if r is not None else EngineError("no result") for r in results]
 
     def before(self, request: EditRequest) -> tuple[EditRequest, Any]:

@@ -30,6 +30,7 @@ import torch
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.diffusion.unets import PixelUNetDenoiser
+from editflow.engines.device import freeze
 from editflow.engines.params import param
 from editflow.engines.window import Job, WindowParams, check_request, generators, plan_window
 from editflow.models import ModelInfo, RuntimeOptions, load_pixel_unet, select_device, select_dtype
@@ -79,7 +80,8 @@ class DDPMEngine(JobEngine):
         if int(unet.config.in_channels) != 3 or int(unet.config.out_channels) not in (3, 6):
             raise EngineError(f"model {model!r} is not a pixel-space RGB UNet2DModel "
                               f"(in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels})")
-        self.unet = unet.to(self.device).eval()
+        self.unet = unet.to(self.device)
+        freeze(self.unet)
         self.denoiser = PixelUNetDenoiser(self.unet, self.schedule.get("prediction_type", "epsilon"),
                                           self.runtime.rows_per_call(self.device))
         size = unet.config.sample_size
@@ -102,6 +104,10 @@ class DDPMEngine(JobEngine):
     def _config(self, job: Job) -> SamplerConfig:
         return SamplerConfig(steps=job.steps, strength=job.strength, scheduler=job.scheduler, eta=job.eta,
                              jump_length=job.jumps[0], jump_n_sample=job.jumps[1], schedule=dict(self.schedule))
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        with torch.inference_mode():
+            return super().edit_batch(requests)
 
     def _run(self, jobs: list[Job]) -> list[EditResult]:
         device = torch.device(self.device)

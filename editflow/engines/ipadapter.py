@@ -31,7 +31,6 @@ shared base of the two engines: SDEngine's loading, windows and grouping, the ma
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -42,9 +41,11 @@ import numpy as np
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, EngineError
+from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
+from editflow.engines.base import EditRequest, EditResult, EngineError, is_out_of_memory
+from editflow.engines.device import execution_device, freeze, has_offload_hooks, plain_attention, slice_attention
 from editflow.engines.params import param
-from editflow.engines.sd import SDEngine
+from editflow.engines.sd import SDEngine, release_adapter
 from editflow.engines.window import Job, WindowParams, generators
 from editflow.lru import LRUCache
 from editflow.models import (
@@ -52,7 +53,7 @@ from editflow.models import (
 )
 
 __all__ = [
-    "DEFAULT_IP_ADAPTER", "DEFAULT_IP_ADAPTER_WEIGHT", "DEFAULT_IMAGE_ENCODER_SUBFOLDER", "DEFAULT_IP_SCALE",
+    "DEFAULT_IP_ADAPTER", "DEFAULT_IP_ADAPTER_WEIGHT", "PLUS_IP_ADAPTER_WEIGHT", "weight_present", "DEFAULT_IMAGE_ENCODER_SUBFOLDER", "DEFAULT_IP_SCALE",
     "IPAdapterSpec", "IPAdapterFiles", "resolve_ip_adapter", "read_ip_adapter", "check_ip_adapter",
     "load_image_encoder", "IPAdapter", "IPAdapterParams", "RefJob",
     "IPAdapterSDEngine", "pad_to_square", "array_key",
@@ -60,6 +61,8 @@ __all__ = [
 
 DEFAULT_IP_ADAPTER = "h94/IP-Adapter"
 DEFAULT_IP_ADAPTER_WEIGHT = "models/ip-adapter_sd15.safetensors"
+#: IP-Adapter-plus (16 tokens from CLIP's penultimate patch features: keeps prints, logos, stripes)
+PLUS_IP_ADAPTER_WEIGHT = "models/ip-adapter-plus_sd15.safetensors"
 DEFAULT_IMAGE_ENCODER_SUBFOLDER = "models/image_encoder"
 DEFAULT_IP_SCALE = 0.7
 FETCH_HINT = (
@@ -93,8 +96,10 @@ class IPAdapterSpec:
     scale: float = DEFAULT_IP_SCALE
 
     @classmethod
-    def from_params(cls, params: dict[str, Any] | None, options: dict[str, Any] | None = None) -> IPAdapterSpec:
-        """Row params win over engine options, which win over the defaults."""
+    def from_params(cls, params: dict[str, Any] | None, options: dict[str, Any] | None = None,
+                    default_weight: str | None = None) -> IPAdapterSpec:
+        """Row params win over engine options, which win over the defaults (`default_weight`: the
+        weight file when neither names one; a callable gets the ``ip_adapter`` location)."""
         params, options = params or {}, options or {}
 
         def pick(key: str, default: Any) -> Any:
@@ -110,8 +115,15 @@ class IPAdapterSpec:
         if not 0.0 <= scale <= 10.0:
             raise EngineError(f"ip_adapter_scale must be in [0, 10], got {scale}")
         encoder = pick("image_encoder", None)
-        return cls(str(pick("ip_adapter", DEFAULT_IP_ADAPTER)), str(pick("ip_adapter_weight", DEFAULT_IP_ADAPTER_WEIGHT)),
-                   None if encoder is None else str(encoder), scale)
+        location = str(pick("ip_adapter", DEFAULT_IP_ADAPTER))
+        weight = pick("ip_adapter_weight", None)
+        if weight is None:
+            weight = default_weight(location) if callable(default_weight) else (default_weight or DEFAULT_IP_ADAPTER_WEIGHT)
+        return cls(location, str(weight), None if encoder is None else str(encoder), scale)
+
+    def describe(self) -> str:
+        """What the row ran with, for the results' ``adapter`` column."""
+        return f"ip-adapter {self.ip_adapter} {self.weight_name} scale={self.scale:g}"
 
     @property
     def weights_key(self) -> tuple[str, str, str | None]:
@@ -183,6 +195,22 @@ def resolve_ip_adapter(spec: IPAdapterSpec) -> IPAdapterFiles:
     if subfolder in ("", "image_encoder") and spec.weight_name == DEFAULT_IP_ADAPTER_WEIGHT:
         subfolder = DEFAULT_IMAGE_ENCODER_SUBFOLDER
     return IPAdapterFiles(weights, repo, subfolder, True, source.revision)
+
+
+def weight_present(location: str, weight_name: str) -> bool:
+    """Whether `weight_name` of the IP-Adapter at `location` (hub id, folder) is on this machine; never downloads."""
+    path = Path(os.path.expanduser(location))
+    if path.is_dir():
+        return (path / weight_name).is_file() or (path / Path(weight_name).name).is_file()
+    if path.suffix.lower() == ".safetensors" or location.startswith((".", "/", "~")):
+        return False  # a file names its own weights
+    repo, _, revision = location.partition("@")
+    if repo.count("/") != 1:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, weight_name, cache_dir=str(hub_cache_dir()), revision=revision or None)
+    return isinstance(found, str) and Path(found).is_file()
 
 
 def _is_subfolder_name(value: str) -> bool:
@@ -338,8 +366,10 @@ def pad_to_square(image: np.ndarray, fill: int = 255) -> np.ndarray:
 class IPAdapter:
     """An IP-Adapter loaded into one pipeline (its UNet's processors) plus its CLIP image encoder."""
 
-    def __init__(self, pipe: Any, spec: IPAdapterSpec, device: str, dtype: Any) -> None:
+    def __init__(self, pipe: Any, spec: IPAdapterSpec, device: str, dtype: Any, sliced: bool = False,
+                 sdpa: bool = True) -> None:
         self.spec = spec
+        self.sliced, self.sdpa = sliced, sdpa
         self.files = resolve_ip_adapter(spec)
         state = read_ip_adapter(self.files.weights)
         self.kind = check_ip_adapter(state, pipe.unet, f"IP-Adapter {self.files.weights.name}")
@@ -349,16 +379,30 @@ class IPAdapter:
             from transformers import CLIPImageProcessor
 
         encoder = load_image_encoder(self.files, dtype).to(device)
+        freeze(encoder)
         size = int(encoder.config.image_size)
-        # register first: diffusers' load_ip_adapter then neither warns nor tries to load one itself
-        pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=size, crop_size=size))
-        pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
-        pipe.unet.to(device)
+        self.state = state  # kept: engines sharing the pipeline unload and reload it from memory
         self.pipe = pipe
         self.encoder = encoder
-        self.processor = pipe.feature_extractor
+        self.processor = CLIPImageProcessor(size=size, crop_size=size)
         self.device = device
         self._scale: float | None = None
+        self.load()
+
+    def load(self) -> None:
+        """Put the adapter into the pipeline's UNet (and its encoder into the pipeline)."""
+        pipe = self.pipe
+        # register first: diffusers' load_ip_adapter then neither warns nor tries to load one itself
+        pipe.register_modules(image_encoder=self.encoder, feature_extractor=self.processor)
+        state = {part: dict(tensors) for part, tensors in self.state.items()}
+        # diffusers rebuilds the other layers' processors with __class__(): sliced ones cannot be
+        self._around_processors(lambda: pipe.load_ip_adapter(state, subfolder="", weight_name="",
+                                                             image_encoder_folder=None), pipe.unet)
+        if not has_offload_hooks(pipe.unet):  # offload hooks place the new adapter weights themselves
+            pipe.unet.to(self.device)
+        freeze(pipe.unet)
+        self._scale = None
+        pipe._editflow_adapter = self
 
     def set_scale(self, scale: float) -> None:
         if scale != self._scale:
@@ -366,7 +410,19 @@ class IPAdapter:
             self._scale = float(scale)
 
     def unload(self) -> None:
-        self.pipe.unload_ip_adapter()
+        self._around_processors(self.pipe.unload_ip_adapter, self.pipe.unet)
+        if getattr(self.pipe, "_editflow_adapter", None) is self:
+            self.pipe._editflow_adapter = None
+
+    def _around_processors(self, change: Any, unet: Any) -> None:
+        """Run diffusers' adapter load/unload on plain processors, then slice attention again."""
+        if self.sliced:
+            plain_attention(unet, self.sdpa)
+        try:
+            change()
+        finally:
+            if self.sliced:
+                slice_attention(unet)
 
     @torch.no_grad()
     def embed(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,7 +434,7 @@ class IPAdapter:
         from PIL import Image
 
         pixels = self.processor(Image.fromarray(image), return_tensors="pt").pixel_values
-        pixels = pixels.to(device=self.encoder.device, dtype=self.encoder.dtype)
+        pixels = pixels.to(device=execution_device(self.encoder), dtype=self.encoder.dtype)
         if self.kind == "plus":
             pos = self.encoder(pixels, output_hidden_states=True).hidden_states[-2]
             neg = self.encoder(torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
@@ -386,6 +442,74 @@ class IPAdapter:
             pos = self.encoder(pixels).image_embeds
             neg = torch.zeros_like(pos)
         return pos.float().cpu(), neg.float().cpu()
+
+
+@dataclass
+class IPCondition(LatentCondition):
+    """`LatentCondition` plus per-row image embeddings ([B, D] or [B, S, D]); None = no image prompt."""
+
+    image_embeds: torch.Tensor | None = None
+    negative_image_embeds: torch.Tensor | None = None
+    #: ControlNet condition images [B, 3, H, W] in [0, 1] at the window's pixel size; None = no ControlNet
+    control_image: torch.Tensor | None = None
+    control_scale: float = 1.0
+
+
+class IPAdapterDenoiser(LatentUNetDenoiser):
+    """`LatentUNetDenoiser` whose UNet also takes IP-Adapter image embeddings, and optionally the
+    residuals of a ControlNet (``controlnet``, called once per UNet call on the same batch, as
+    diffusers' ControlNet pipelines do: the noisy latents, the text states, the condition image)."""
+
+    controlnet: Any = None
+
+    def control_residuals(self, x: torch.Tensor, ts: torch.Tensor, states: torch.Tensor, condition: IPCondition,
+                          sl: slice, cfg: bool) -> dict[str, Any]:
+        """``down_block_additional_residuals`` / ``mid_block_additional_residual`` for the UNet call."""
+        if self.controlnet is None or condition.control_image is None:
+            return {}
+        net = self.controlnet
+        image = condition.control_image[sl]
+        if cfg:
+            image = torch.cat([image, image])
+        if int(net.config.in_channels) != x.shape[1]:  # an SD ControlNet beside an inpainting UNet: the latents only
+            x = x[:, : int(net.config.in_channels)]
+        down, mid = net(x.to(device=net.device, dtype=net.dtype), ts.to(net.device),
+                        encoder_hidden_states=states.to(device=net.device, dtype=net.dtype),
+                        controlnet_cond=image.to(device=net.device, dtype=net.dtype),
+                        conditioning_scale=float(condition.control_scale), return_dict=False)
+        return {"down_block_additional_residuals": [d.to(self.unet.dtype) for d in down],
+                "mid_block_additional_residual": mid.to(self.unet.dtype)}
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: IPCondition) -> torch.Tensor:
+        c = condition
+        if getattr(c, "image_embeds", None) is None:
+            return super().predict(x_t, t, alpha_bar_t, condition)
+        cfg = c.negative_embeds is not None
+        outs = []
+        dtype, device = self.unet.dtype, execution_device(self.unet)
+        for sl in chunks(x_t.shape[0], self.rows_per_call):
+            x = x_t[sl]
+            if self.in_channels == 9:
+                x = torch.cat([x, c.mask[sl].to(x), c.masked_latents[sl].to(x)], dim=1)
+            emb, ts, img = c.prompt_embeds[sl], t[sl], c.image_embeds[sl]
+            added: dict[str, torch.Tensor] = {}
+            if c.text_embeds is not None:
+                added = {"text_embeds": c.text_embeds[sl], "time_ids": c.time_ids[sl]}
+            if cfg:  # diffusers' order: [unconditional, conditional]
+                x, ts = torch.cat([x, x]), torch.cat([ts, ts])
+                emb = torch.cat([c.negative_embeds[sl], emb])
+                img = torch.cat([c.negative_image_embeds[sl], img])
+                if added:
+                    added = {"text_embeds": torch.cat([c.negative_text_embeds[sl], added["text_embeds"]]),
+                             "time_ids": torch.cat([c.negative_time_ids[sl], added["time_ids"]])}
+            cond = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
+            cond["image_embeds"] = [img.unsqueeze(1).to(device=device, dtype=dtype)]  # one image per row
+            control = self.control_residuals(x, ts, emb, c, sl, cfg)
+            out = self.unet(x.to(device=device, dtype=dtype), ts.to(device),
+                            encoder_hidden_states=emb.to(device=device, dtype=dtype), added_cond_kwargs=cond,
+                            **control).sample.float()
+            outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
+        return torch.cat(outs).to(x_t.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,19 +556,43 @@ class IPAdapterSDEngine(SDEngine):
         super().__init__(pipe, model=model, device=device, **options)
         self.cache: LRUCache = LRUCache(int(options.get("cache_size", 512)), enabled=bool(options.get("cache", True)))
         self.adapter: IPAdapter | None = None
+        self._failed: dict[tuple, Exception] = {}
+
+    def _denoiser(self, pipe: Any) -> IPAdapterDenoiser:
+        return IPAdapterDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
+                                 self.rows_per_call)
 
     def ip_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
         """The loaded adapter for `spec` (loaded on first use; another spec replaces it)."""
-        if self.adapter is None or self.adapter.spec.weights_key != spec.weights_key:
-            if self.adapter is not None:
-                self.adapter.unload()
-                self.adapter = None
-            self.adapter = IPAdapter(self.pipe, spec, self.device, self.dtype)
+        loaded = getattr(self.pipe, "_editflow_adapter", None)
+        if self.adapter is not None and self.adapter.spec.weights_key == spec.weights_key:
+            if loaded is not self.adapter:  # an engine sharing the pipeline ran without it (or with another)
+                release_adapter(self.pipe)
+                self.adapter.load()
+        else:
+            if spec.weights_key in self._failed:  # a load that failed is not retried from disk per group
+                raise self._failed[spec.weights_key]
+            release_adapter(self.pipe)
+            self.adapter = None
+            try:
+                self.adapter = self._load_adapter(spec)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    self._failed[spec.weights_key] = exc
+                raise
         self.adapter.set_scale(spec.scale)
         return self.adapter
 
+    def _load_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
+        return IPAdapter(self.pipe, spec, self.device, self.dtype,
+                         sliced=self.runtime.attention_slicing, sdpa=self.runtime.sdpa)
+
     def spec_for(self, request: EditRequest) -> IPAdapterSpec:
         return IPAdapterSpec.from_params(self.params_of(request).given(), self.options)
+
+    def adapter_description(self, job: RefJob) -> str:
+        """The conditioning adapters a row ran with (the results' ``adapter`` column)."""
+        return job.spec.describe()
 
     def embeddings(self, job: RefJob, adapter: IPAdapter) -> tuple[torch.Tensor, torch.Tensor]:
         key = (job.reference_key or array_key(job.reference), job.spec.weights_key)
@@ -463,8 +611,11 @@ class IPAdapterSDEngine(SDEngine):
         masks = torch.cat([j.mask for j in jobs]).to(device)
         base = self.condition(jobs, images, masks)
         pairs = [self.embeddings(j, adapter) for j in jobs]
-        condition = dataclasses.replace(base, image_embeds=torch.cat([p for p, _ in pairs]).to(device),
-                                        negative_image_embeds=torch.cat([n for _, n in pairs]).to(device))
+        condition = IPCondition(**vars(base), image_embeds=torch.cat([p for p, _ in pairs]).to(device),
+                                negative_image_embeds=torch.cat([n for _, n in pairs]).to(device))
+        if getattr(first, "control", None) is not None:  # a ControlNet condition per row (makeup)
+            condition.control_image = torch.cat([j.control for j in jobs]).to(device)
+            condition.control_scale = float(first.control_scale)
         init = None
         if any(j.init is not None for j in jobs):
             init = torch.cat([j.init if j.init is not None else j.image for j in jobs]).to(device)
@@ -477,5 +628,6 @@ class IPAdapterSDEngine(SDEngine):
         for i, job in enumerate(jobs):
             result = self._result(job, job.plan.paste(job.request.image, out.images[i]), out.nfe, first.scheduler)
             result.reference_cached = job.reference_cached
+            result.adapter = self.adapter_description(job)
             results.append(result)
         return results

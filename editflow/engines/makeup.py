@@ -29,7 +29,7 @@ toward the same region of the reference face, regions from MediaPipe face-mesh l
    so the builtin's layout prior lines them up with the places they belong. One pyramid level
    (`min_side` default 10⁶; the row may set a smaller one): at the builtin's coarse levels a lip
    is 2-3 px tall, the start's detail does not survive the restarts and the lips fade (measured
-   on the astronaut in tests/test_makeup_builtin.py: lips' mean a/b distance to the reference
+   on the astronaut in tests/test_engine_makeup_builtin.py: lips' mean a/b distance to the reference
    lipstick 59 before, 0.2 after the start, 2.8 after one level at 0.25; ~40 with the builtin's
    default 3-level pyramid). The sampler re-synthesises the
    recoloured parts from real reference patches at low noise: reference texture in, seams
@@ -181,13 +181,17 @@ class MakeupFaces:
             self._landmarker.close()
             self._landmarker = None
 
-    def prepare(self, request: EditRequest, params: Any) -> tuple[FaceData, FaceData, tuple[str, ...], bool]:
-        """(reference face, image face, parts, whether the reference face was cached) of a makeup row."""
+    def prepare(self, request: EditRequest, params: Any,
+                choose_parts: bool = True) -> tuple[FaceData, FaceData, tuple[str, ...], bool]:
+        """(reference face, image face, parts, whether the reference face was cached) of a makeup row
+        (parts empty when not `choose_parts`)."""
         ref, cached = self.references.get(request.reference_key, request.reference, self.landmarker,
                                            params.reference_face, "reference image")
         found = None if request.faces is None else [Face(points) for points in request.faces]
         tgt, _ = self.targets.get(request.image_key, request.image, None if found else self.landmarker,
                                    params.face, "image", found)
+        if not choose_parts:
+            return ref, tgt, (), cached
         if params.parts:
             return ref, tgt, _parts(params.parts), cached
         # every part of the image's face lying mostly inside the row's mask
@@ -360,14 +364,14 @@ class BuiltinMakeupEngine(BuiltinEngine):
 
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         super().__init__(model=model, device=device, **options)
-        self.faces = MakeupFaces(options)
+        self.face_data = MakeupFaces(options)
 
     @property
     def references(self) -> FaceCache:
-        return self.faces.references
+        return self.face_data.references
 
     def close(self) -> None:
-        self.faces.close()
+        self.face_data.close()
 
     def before(self, request: EditRequest) -> tuple[EditRequest, bool]:
         """The region-wise colour transfer as the start; the reference warped onto the face as data."""
@@ -379,7 +383,7 @@ class BuiltinMakeupEngine(BuiltinEngine):
         if mask.shape != request.image.shape[:2] or not mask.any():
             raise EngineError("mask is empty or does not match the image: nothing to make up")
         p = self.params_of(request)
-        ref, tgt, names, cached = self.faces.prepare(request, p)
+        ref, tgt, names, cached = self.face_data.prepare(request, p)
         start = makeup_start(request.image, request.reference, names, target_face=tgt, reference_face=ref,
                              warp_weight=p.warp_weight)
         # Data: the reference warped into the target's frame, inside the target's chosen parts.

@@ -35,6 +35,7 @@ class EngineParams:
 
     face: str | int | None = param(None, "which face the face masks (and makeup) use: largest, all or an index")
     dress_length: str | None = param(None, "garment:dress mask length: knee or ankle")
+    sleeve: str | None = param(None, "garment masks' sleeves: long or short")
 
     @classmethod
     def parse(cls: type[P], params: dict[str, Any] | None, engine: str = "") -> P:

@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser, chunks
+from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
+from editflow.engines.device import execution_device, freeze, freeze_pipeline, pipeline_vae, vae_dtype, vae_in
 from editflow.engines.params import param
 from editflow.engines.window import Job, WindowParams, check_request, generators, plan_window
 from editflow.models import (
@@ -68,6 +69,32 @@ def jumps_for(request: EditRequest) -> tuple[int, int]:
     return (int(request.jump_length or DEFAULT_JUMPS[0]), int(request.jump_n_sample or DEFAULT_JUMPS[1]))
 
 
+def open_sd_model(model: str, device: str, options: dict[str, Any], share: bool = True) -> tuple[Any, Any, str | None]:
+    """Load `model` for an SD-based engine's `from_pretrained`: (pipeline, source, revision).
+
+    With a ``shared_models`` dict in `options` (the edit stage passes one per worker), engines of
+    one model, device, dtype and switches (`sd`, `sd` makeup, `sd-ipadapter`) share one loaded
+    pipeline instead of holding a copy each; `share=False` for engines that change the weights."""
+    runtime = RuntimeOptions.from_options(options)
+    dtype = select_dtype(device, runtime.dtype)
+    shared = options.get("shared_models") if share else None
+    key = (model, str(device), str(dtype), repr(runtime.switch_key()))
+    if shared is not None and key in shared:
+        return shared[key]
+    loaded = load_sd_pipeline(model, dtype)
+    if shared is not None:
+        shared[key] = loaded
+    return loaded
+
+
+def release_adapter(pipe: Any) -> None:
+    """Unload the IP-Adapter an engine sharing `pipe` left in its UNet (the plain UNet takes no image prompt)."""
+    adapter = getattr(pipe, "_editflow_adapter", None)
+    if adapter is not None:
+        adapter.unload()
+        pipe._editflow_adapter = None
+
+
 class SDEngine(JobEngine):
     """Stable Diffusion / SDXL, inpainting (9-channel) or plain (4-channel) checkpoints.
 
@@ -77,6 +104,8 @@ class SDEngine(JobEngine):
     name = "sd"
     tasks = TASKS
     Params = SDParams
+    #: engines that leave the weights as loaded share one pipeline per worker (`open_sd_model`)
+    shares_pipeline = True
     models = (
         ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel)",
                   "inpaint via diffusers' pipeline; repaint/sdedit via the editflow sampler"),
@@ -107,8 +136,7 @@ class SDEngine(JobEngine):
         """Load `model` (default: the first of `models`) in the device's dtype and build the engine."""
         model = model or cls.default_model()
         device = select_device(device)
-        dtype = select_dtype(device, RuntimeOptions.from_options(options).dtype)
-        pipe, source, revision = load_sd_pipeline(model, dtype)
+        pipe, source, revision = open_sd_model(model, device, options, share=cls.shares_pipeline)
         return cls(pipe, model=model, device=device, source=source, revision=revision, **options)
 
     def _setup(self, pipe: Any) -> None:
@@ -116,9 +144,13 @@ class SDEngine(JobEngine):
         if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
             raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
         vae = pipe.vae
-        if self.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-            vae.to(torch.float32)  # the SDXL VAE overflows in fp16
-        self.switches = apply_switches(pipe, self.runtime, self.device)
+        self.vae_dtype = vae_dtype(vae, self.dtype)  # fp32 where fp16 overflows (the SDXL VAE)
+        self._take_safety_checker(pipe)
+        if getattr(pipe, "_editflow_switches", None) is None:  # a shared pipeline is set up once
+            vae_in(vae, self.vae_dtype)
+            pipe._editflow_switches = apply_switches(pipe, self.runtime, self.device)
+            freeze_pipeline(pipe)
+        self.switches = list(pipe._editflow_switches)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
@@ -136,6 +168,52 @@ class SDEngine(JobEngine):
         """The sampler's view of the pipeline's UNet and VAE."""
         return LatentUNetDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
                                   self.rows_per_call)
+
+    def _take_safety_checker(self, pipe: Any) -> None:
+        """Hub SD 1.x/2.x pipelines come with a safety checker that blackens flagged images and
+        reports nothing; editflow takes it out of the pipeline. Off by default; with the
+        ``safety_checker`` switch it runs on every output (pipeline and sampler paths alike) and
+        sets `EditResult.nsfw` (the edit stage turns a flagged row into an error row)."""
+        if getattr(pipe, "_editflow_safety", None) is None:  # kept aside once, for every engine sharing pipe
+            pipe._editflow_safety = (getattr(pipe, "safety_checker", None), getattr(pipe, "feature_extractor", None))
+            if pipe._editflow_safety[0] is not None:
+                pipe.register_modules(safety_checker=None)
+        checker, self.safety_extractor = pipe._editflow_safety
+        self.safety = None
+        if not self.runtime.safety_checker:
+            return
+        if checker is None or self.safety_extractor is None:
+            raise EngineError(f"model {self.model!r} has no safety checker (safety_checker + feature_extractor) "
+                              "to run; turn the safety_checker switch off for it")
+        self.safety = checker.to(self.device)
+        freeze(self.safety)
+
+    def flag_unsafe(self, images: list[np.ndarray]) -> list[bool]:
+        """The safety checker's verdict on each output image (H×W×3 uint8)."""
+        from PIL import Image
+
+        pixels = self.safety_extractor([Image.fromarray(a) for a in images], return_tensors="pt").pixel_values
+        dtype = next(self.safety.parameters()).dtype
+        device = execution_device(self.safety, self.device)
+        _, flags = self.safety(images=[a.astype(np.float32) / 255.0 for a in images],
+                               clip_input=pixels.to(device=device, dtype=dtype))
+        return [bool(f) for f in flags]
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        with torch.inference_mode():
+            results = super().edit_batch(requests)
+            if self.safety is not None:
+                done = [i for i, r in enumerate(results) if isinstance(r, EditResult)]
+                try:
+                    flags = self.flag_unsafe([results[i].image for i in done]) if done else []
+                except Exception as exc:  # unchecked output never passes as checked
+                    flags = [exc] * len(done)
+                for i, flag in zip(done, flags):
+                    if isinstance(flag, Exception):
+                        results[i] = flag
+                    else:
+                        results[i].nsfw = flag
+        return results
 
     @property
     def inpaint_pipe(self) -> Any:
@@ -179,6 +257,7 @@ class SDEngine(JobEngine):
                    jumps_for(request), "pipeline" if use_pipeline else scheduler, eta, extra)
 
     def _run(self, jobs: list[Job]) -> list[EditResult]:
+        release_adapter(self.pipe)
         return self._run_pipeline(jobs) if jobs[0].path == "pipeline" else self._run_sampler(jobs)
 
     def _result(self, job: Job, image: np.ndarray, nfe: int, scheduler: str) -> EditResult:
@@ -220,7 +299,8 @@ class SDEngine(JobEngine):
                 for key in ("prompt_2", "negative_prompt_2"):
                     if key in first.extra:
                         kwargs[key] = [j.extra.get(key) or "" for j in part]
-            out = pipe(**kwargs).images
+            with pipeline_vae(pipe.vae, pipe.unet.dtype, self.vae_dtype):
+                out = pipe(**kwargs).images
             for job, array in zip(part, out):
                 results.append(self._result(job, job.plan.paste(job.request.image, array), calls[0],
                                             type(pipe.scheduler).__name__))

@@ -1,10 +1,11 @@
 """Weight-free virtual try-on: the builtin patch-prior sampler with the garment as its data set,
 plus the person's shading put back (engine `builtin`, task `tryon`).
 
-This is a *weight-free approximation* of try-on, not a try-on model. It knows nothing of garment
-shape, fit, folds or pose: it re-textures the garment mask (made by the mask stage, e.g.
-`garment:upper`) with the garment photo's colours and texture and keeps the person's shading.
-The conditioned diffusers engines are the real thing; this one runs anywhere, offline.
+This is a *weight-free approximation* of try-on, not a try-on model. It knows nothing of folds or
+3-D shape: it lays the garment's own silhouette onto the person's pose (neckline, shoulders,
+sleeves, hem) inside the garment mask (made by the mask stage, e.g. `garment:upper`), refills the
+rest of the mask from the person's picture, and keeps the person's shading. The conditioned
+diffusers engines are the real thing; this one runs anywhere, offline.
 
 Per row:
 
@@ -13,20 +14,30 @@ Per row:
    colour, cleaned up (open/close, largest parts, holes filled, eroded 1 px so no patch straddles
    the background), or `params["reference_mask"]` when the row gives one (an H'×W' array or nested
    list, > 0 = garment). A photo with a busy border counts as all garment. The crop to the
-   foreground box, its mask and its mean colour are kept. The category picks what to sample:
+   foreground box, its mask, its mean colour and its keypoints (`garment_fit.garment_keypoints`:
+   collar top centre, shoulder corners, sleeve ends, hem corners; waistband, crotch and hems for
+   `lower`) are kept. The category picks what to sample:
    `upper` on a tall photo (height > 1.6 × width: a dress or a full outfit) samples its top part,
    `lower` on such a photo its bottom part; otherwise (and for `dress`) all of it; override with
    `params["garment_region"]` = "all" | "top" | "bottom".
-2. **Start**: inside the mask, the garment crop stretched onto the mask's bounding box (a
-   box-to-box warp, the crudest garment warp there is; `params["start"]` "flat" uses the garment's
-   mean colour instead) times the person's shading (below).
-3. **Sampler**: `BuiltinEngine` (this class's base) with task `tryon`: `masked_sample` with the
-   `PatchPriorDenoiser` on its pyramid, the garment's foreground patches as the data set, SDEdit
-   from the start at strength default 0.2 (the layout prior also stretches the garment's box onto
-   the mask's). The sampler re-synthesises the start from garment patches, which removes the
+2. **Fit** (`params["fit"]` "pose", the default): the person's MediaPipe pose (`masks/body.py`,
+   cached per worker by `image_key`) places the same keypoints on the body (`person_keypoints`:
+   sleeve ends at the garment's own sleeve length along the arm, hem at the hips, knees or ankles
+   by category and `dress_length`); a thin-plate spline (OpenCV's shape transformer) warps the
+   garment from its keypoints onto them. The garment's region is its warped silhouette inside the
+   mask. `fit` "box", no person found, or a fit covering under 5 % of the mask: the garment crop
+   stretched onto the mask's bounding box (the old layout; `params["start"]` "flat" uses the
+   garment's mean colour instead), the whole mask being the garment's region.
+3. **Refill**: the rest of the mask (beside a sleeve, above the neckline, past the hem) is inpainted
+   by the builtin sampler (task `inpaint`: the person's own patches outside the mask, so wall,
+   skin or background — never the old garment).
+4. **Garment sampler**: inside the garment's region, the fitted garment × the person's shading
+   (below) is the start; `BuiltinEngine` with task `tryon` runs `masked_sample` with the
+   `PatchPriorDenoiser`, the garment's foreground patches as the data set, SDEdit at strength
+   default 0.2. The sampler re-synthesises the start from garment patches, which removes the
    warp's resampling blur and seams; above ~0.4 it also scrambles regular patterns (checks,
    stripes): a 7×7-patch prior keeps no long-range period, so the start's layout is what keeps it.
-4. **Shading** (offline_perf.md §1.6: "do the transfer on a detail/chroma layer and keep the
+5. **Shading** (inside the garment's region) (offline_perf.md §1.6: "do the transfer on a detail/chroma layer and keep the
    target's low-frequency luminance"): an intrinsic-image split in linear RGB, image = albedo ×
    shading, with shading = low-pass luminance / its mean over the mask (a Gaussian of
    `shading_sigma` × the mask box's long side, default 0.04, normalised inside the mask only).
@@ -37,10 +48,10 @@ Per row:
    hole in the new ones — but it does still show, faintly: albedo and shading are not separable
    from one photo, and a garment pattern coarser than the low-pass is flattened.
 
-Row params: `TryOnParams` (below; the builtin's plus the garment's). The row's `strength`
-(default 0.2) and `steps` go to the sampler as usual.
-Engine options: `cache` (default True; False prepares the garment on every row), `cache_size`
-(garments kept per worker, default 32).
+Row params: `TryOnParams` (below; the builtin's plus the garment's and the fit's). The row's
+`strength` (default 0.2) and `steps` go to the sampler as usual.
+Engine options: `cache` (default True; False prepares the garment and runs the pose on every row),
+`cache_size` (garments and poses kept per worker, default 32).
 """
 
 from __future__ import annotations
@@ -52,8 +63,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from editflow.engines.base import EditRequest, EditResult, EngineError
+from editflow.engines.base import EditRequest, EditResult, EngineError, composite_unmasked
 from editflow.engines.builtin import BuiltinEngine, BuiltinParams
+from editflow.engines.garment_fit import Keypoints, garment_keypoints, person_keypoints, warp_garment
 from editflow.engines.params import param
 from editflow.lru import LRUCache
 from editflow.tasks import CATEGORIES
@@ -62,14 +74,17 @@ REGIONS = ("all", "top", "bottom")
 TALL = 1.6  # foreground height / width above which a garment photo is a dress or a full outfit
 SHADING_CLIP = (0.35, 1.6)
 DEFAULT_STRENGTH = 0.2
+FITS = ("pose", "box")
+MIN_FIT = 0.05  # a pose fit covering less of the mask than this falls back to the box layout
 
 
 @dataclass(frozen=True)
 class TryOnParams(BuiltinParams):
-    """Row params of the weight-free try-on: the builtin sampler's plus the garment's."""
+    """Row params of the weight-free try-on: the builtin sampler's plus the garment's and the fit's."""
 
     garment_region: str | None = param(None, "all, top or bottom of the garment photo (default: from the category)")
-    start: str = param("warp", "warp (the garment stretched onto the mask's box) or flat (its mean colour)")
+    fit: str = param("pose", "pose (the garment warped onto the person's pose) or box (onto the mask's box)")
+    start: str = param("warp", "warp (the garment laid onto the mask) or flat (its mean colour)")
     keep_shading: float = param(1.0, "how much of the person's shading comes back (0 skips it)")
     shading_sigma: float = param(0.04, "shading low-pass, fraction of the mask box's long side")
     bg_threshold: float = param(12.0, "ΔE from the photo's border colour that counts as garment")
@@ -85,6 +100,7 @@ class Garment:
     foreground: np.ndarray  # H'×W' bool: the whole foreground in the original photo
     region: str  # "all" | "top" | "bottom"
     source: str  # "estimated" | "given" | "whole"
+    keypoints: Keypoints | None = None  # neckline, shoulders, sleeves, hem in the crop (garment_fit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,7 +195,9 @@ def prepare_garment(reference: np.ndarray, category: str | None = None, referenc
     rgb = np.ascontiguousarray(ref[y0:y1, x0:x1])
     mask = sampled[y0:y1, x0:x1].astype(np.float32)
     mean = _linear(rgb)[mask > 0].mean(axis=0).astype(np.float32)
-    return Garment(rgb=rgb, mask=mask, mean_rgb=mean, foreground=fg, region=region, source=source)
+    keypoints = garment_keypoints(mask, "lower" if region == "bottom" else (category or "upper"))
+    return Garment(rgb=rgb, mask=mask, mean_rgb=mean, foreground=fg, region=region, source=source,
+                   keypoints=keypoints)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,9 +271,10 @@ def garment_layout(garment: Garment, mask: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def shaded_start(person: np.ndarray, mask: np.ndarray, garment: Garment, sigma_fraction: float = 0.04,
-                 mode: str = "warp") -> np.ndarray:
-    """The sampler's start: inside the mask, the garment (`mode` "warp": stretched onto the mask's
-    box; "flat": its mean colour) × the person's shading; the person elsewhere."""
+                 mode: str = "warp", albedo: np.ndarray | None = None) -> np.ndarray:
+    """The sampler's start: inside the mask, the garment × the person's shading; the person
+    elsewhere. The garment is `albedo` (linear RGB H×W×3, e.g. the pose-fitted warp) when given,
+    else by `mode`: "warp" stretched onto the mask's box, "flat" its mean colour."""
     inside = mask > 0
     out = person.copy()
     if not inside.any():
@@ -263,7 +282,9 @@ def shaded_start(person: np.ndarray, mask: np.ndarray, garment: Garment, sigma_f
     sigma = _sigma(mask, sigma_fraction)
     y0, y1, x0, x1 = _box(mask, int(3 * sigma))
     shade = np.clip(shading_map(person[y0:y1, x0:x1], inside[y0:y1, x0:x1], sigma), *SHADING_CLIP)
-    if mode == "warp":
+    if albedo is not None:
+        albedo = albedo[y0:y1, x0:x1]
+    elif mode == "warp":
         albedo = garment_layout(garment, mask)[0][y0:y1, x0:x1]
     elif mode == "flat":
         albedo = np.broadcast_to(garment.mean_rgb, (y1 - y0, x1 - x0, 3))
@@ -273,6 +294,20 @@ def shaded_start(person: np.ndarray, mask: np.ndarray, garment: Garment, sigma_f
     region = out[y0:y1, x0:x1]
     region[inside[y0:y1, x0:x1]] = fill[inside[y0:y1, x0:x1]]
     return out
+
+
+def fit_garment(garment: Garment, body, mask: np.ndarray, category: str | None,
+                dress_length: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The garment warped onto the posed person (`garment_fit`): linear RGB H×W×3 (background
+    pixels of the photo replaced by its mean colour) and the garment's footprint inside the mask."""
+    source = garment.keypoints
+    category = "lower" if garment.region == "bottom" else (category or "upper")
+    target = person_keypoints(body, category, source, dress_length)
+    lin = _linear(garment.rgb)
+    lin[garment.mask <= 0] = garment.mean_rgb
+    margin = int(0.05 * max(mask.shape))
+    warped, footprint = warp_garment(lin, garment.mask, source, target, mask.shape, _box(mask, margin))
+    return warped, footprint & (mask > 0)
 
 
 def keep_shading(person: np.ndarray, result: np.ndarray, mask: np.ndarray, amount: float = 1.0,
@@ -311,17 +346,27 @@ class BuiltinTryOnEngine(BuiltinEngine):
     tasks = frozenset({"tryon"})
 
     Params = TryOnParams
-    summary = ("a weight-free approximation: the garment photo's foreground crop laid onto the garment mask, "
-               "refined by the patch-prior sampler with the garment's patches (strength 0.2), then the person's "
-               "low-frequency shading put back; no folds, no 3-D shape")
+    summary = ("a weight-free approximation, not a try-on model: the garment's own silhouette (its product photo's "
+               "foreground) is warped onto the person by a thin-plate spline from its keypoints (collar, shoulder "
+               "corners, sleeve ends, hem corners, read off the silhouette) to the same places on the person's "
+               "MediaPipe pose, so neckline, sleeves and hem follow the body; the rest of the mask (under the "
+               "sleeves, around the neck, past the hem) is inpainted from the person's own picture outside the mask "
+               "by the patch-prior sampler; the garment is re-synthesised from its own patches (strength 0.2) and "
+               "the person's low-frequency shading is put back. No folds, no 3-D shape, no new arms: a refilled gap "
+               "takes wall, skin or whatever lies near it. `params.fit: box` (or no person found) stretches the "
+               "garment over the whole mask as before")
 
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         super().__init__(model=model, device=device, **options)
         self.garments: LRUCache[Garment] = LRUCache(int(options.get("cache_size", 32)), bool(options.get("cache", True)))
+        self.bodies: LRUCache[Any] = LRUCache(int(options.get("cache_size", 32)), bool(options.get("cache", True)))
+        self._pose = None
+        self.box_fits = 0
 
     @property
     def stats(self) -> dict[str, int]:
-        return {"garments_prepared": self.garments.misses, "garment_hits": self.garments.hits}
+        return {"garments_prepared": self.garments.misses, "garment_hits": self.garments.hits,
+                "pose_runs": self.bodies.misses, "box_fits": self.box_fits}
 
     def garment(self, request: EditRequest) -> tuple[Garment, bool]:
         """The request's prepared garment and whether it came from the per-worker cache."""
@@ -332,24 +377,73 @@ class BuiltinTryOnEngine(BuiltinEngine):
         return self.garments.get_or_make(key, lambda: prepare_garment(
             request.reference, request.category, p.reference_mask, p.garment_region, float(p.bg_threshold)))
 
-    def before(self, request: EditRequest) -> tuple[EditRequest, bool]:
-        """The garment laid onto the mask with the person's shading: the sampler's start."""
+    def body(self, request: EditRequest):
+        """The person's pose (MediaPipe, `masks/body.py`), cached per worker by `image_key`; None
+        when no person is found."""
+        def detect():
+            if self._pose is None:
+                from editflow.masks.body import PoseModel
+
+                self._pose = PoseModel()
+            return self._pose.detect(request.image)
+
+        return self.bodies.get_or_make(request.image_key, detect)[0]
+
+    def close(self) -> None:
+        if self._pose is not None:
+            self._pose.close()
+            self._pose = None
+
+    def before(self, request: EditRequest) -> tuple[EditRequest, tuple[bool, np.ndarray, np.ndarray, bool]]:
+        """The garment fitted onto the person (pose, else the mask's box) with the person's shading:
+        the sampler's start. The mask outside the garment is first refilled from the person's own
+        patches outside the mask (skin, background; not the old garment)."""
         if request.task != "tryon":
             raise EngineError(f"this engine runs task tryon, not {request.task!r}")
         if request.reference is None:
             raise EngineError("task tryon needs a reference image (the garment)")
         if request.mask.shape != request.image.shape[:2] or not (request.mask > 0).any():
             raise EngineError("mask is empty or does not match the image: nothing to try on")
+        p = self.params_of(request)
+        fit = p.fit.lower()
+        if fit not in FITS:
+            raise EngineError(f"params.fit must be one of {', '.join(FITS)}, got {p.fit!r}")
         garment, cached = self.garment(request)
-        p = self.params_of(request)
-        start = shaded_start(request.image, request.mask, garment, float(p.shading_sigma), p.start.lower())
+        mode = p.start.lower()
+        inside = request.mask > 0
+        region, albedo = inside, None
+        if fit == "pose" and mode == "warp":
+            body = self.body(request)
+            if body is not None:
+                albedo, footprint = fit_garment(garment, body, request.mask, request.category, p.dress_length)
+                if footprint.sum() >= MIN_FIT * inside.sum():
+                    region = footprint
+                else:
+                    albedo = None
+            if albedo is None:
+                self.box_fits += 1
+        garment_mask = np.where(region, request.mask, 0).astype(np.float32)
+        start = shaded_start(request.image, garment_mask, garment, float(p.shading_sigma), mode, albedo)
+        refilled = bool((inside & ~region).any())
+        if refilled:
+            refill = dataclasses.replace(request, task="inpaint", reference=None, strength=None,
+                                         typed_params=dataclasses.replace(p, reference_mask=None))
+            (out,) = self.sample([refill])
+            if isinstance(out, Exception):
+                raise out
+            leftover = inside & (region <= 0)
+            start[leftover] = composite_unmasked(refill.image, out.image, refill.mask)[leftover]
         strength = DEFAULT_STRENGTH if request.strength is None else request.strength
-        sampler_params = dataclasses.replace(p, reference_mask=garment.mask)
-        return dataclasses.replace(request, image=start, strength=strength, reference=garment.rgb,
-                                   typed_params=sampler_params), cached
+        return dataclasses.replace(request, image=start, mask=garment_mask, strength=strength, reference=garment.rgb,
+                                   typed_params=dataclasses.replace(p, reference_mask=garment.mask)), \
+            (cached, garment_mask, start, refilled)
 
-    def after(self, request: EditRequest, result: EditResult, cached: bool) -> EditResult:
-        """The person's low-frequency shading put back into the sampler's result."""
+    def after(self, request: EditRequest, result: EditResult,
+              state: tuple[bool, np.ndarray, np.ndarray, bool]) -> EditResult:
+        """The garment's region of the sampler's result over the start, the person's low-frequency shading put back."""
+        cached, region, start, refilled = state
         p = self.params_of(request)
-        image = keep_shading(request.image, result.image, request.mask, float(p.keep_shading), float(p.shading_sigma))
-        return dataclasses.replace(result, image=image, reference_cached=cached, model="patch-prior+shading")
+        image = composite_unmasked(start, result.image, region)
+        image = keep_shading(request.image, image, region, float(p.keep_shading), float(p.shading_sigma))
+        return dataclasses.replace(result, image=image, reference_cached=cached,
+                                   model="patch-prior+pose-fit+shading" if refilled else "patch-prior+shading")

@@ -4,31 +4,47 @@
     The row's model is an SD inpainting checkpoint (default SD 1.5 inpainting; a 4-channel SD
     works too, by latent RePaint). The garment photo, padded to a square on white, goes through
     the CLIP image encoder into an IP-Adapter (editflow.engines.ipadapter: ``params.ip_adapter``,
-    ``ip_adapter_weight``, ``image_encoder``, ``ip_adapter_scale``; default h94/IP-Adapter
-    ``models/ip-adapter_sd15.safetensors``). The person's garment mask is repainted at strength 1
+    ``ip_adapter_weight``, ``image_encoder``, ``ip_adapter_scale``). Default adapter: h94/IP-Adapter
+    ``models/ip-adapter-plus_sd15.safetensors`` when that file is on this machine (hub cache or the
+    given folder; never downloaded for the choice), else ``models/ip-adapter_sd15.safetensors``; the
+    result's ``adapter`` column records which. The person's garment mask is repainted at strength 1
     (inpaint; a lower ``strength`` is masked SDEdit from the person) with the text prompt — the
     row's, or "a photo of a person wearing <an upper-body garment | lower-body garment | a dress>"
     — and the image prompt; classifier-free guidance uses the negative prompt and a zero image
     embedding. Default 30 DDIM steps, guidance 7.5.
 
 ``concat`` (`ConcatTryOnEngine`), CatVTON-style, implemented from the paper (arXiv 2407.15886)
-    The person window and the garment (resized to the window and padded on white) are encoded by
-    the VAE and laid side by side, ``[person | garment]`` along the width. The 9-channel inpainting
-    UNet gets the mask channel ``[garment mask | 0]`` and the masked-image latents ``[person with
-    the mask zeroed | garment]``: the garment half is fully known (the sampler keeps it on the
-    forward-noised garment at every step, RePaint's known region) and only the person half under
-    the mask is denoised. There is no text: the text encoder is dropped, encoder states are zeros,
-    and (``params.cross_attention``: ``skip``, the default) every cross-attention layer passes its
+    The person frame and the garment (resized to the frame and padded on white) are encoded by
+    the VAE and stacked, ``[person ; garment]`` along the height as CatVTON does
+    (``params.concat_axis: width`` lays them side by side). The 9-channel inpainting UNet gets the
+    mask channel ``[garment mask ; 0]`` and the masked-image latents ``[person with the mask zeroed ;
+    garment]``: the garment half is fully known (the sampler keeps it on the forward-noised garment
+    at every step, RePaint's known region) and only the person half under the mask is denoised.
+    There is no text: the text encoder is dropped, encoder states are zeros, and
+    (``params.cross_attention``: ``skip``, the default) every cross-attention layer passes its
     input through, as the paper removes cross-attention; ``zeros`` runs the layers on the zero
-    states instead. Only the person half is decoded. Classifier-free guidance (default 2.5, the
-    paper's best range 2.5-3.5) contrasts with the garment zeroed in the masked-image latents.
+    states instead. Only the person half is decoded. Classifier-free guidance contrasts with the
+    garment zeroed in the masked-image latents.
+
+    Trained setting by default: the person is seen in a 3:4 (width:height) frame around the mask
+    (editflow.engines.frame: the largest such frame in the image over the mask, else the smallest
+    around it, padded) resized to the checkpoint's resolution (default: the model's resolution by
+    3/4 of it, 512x384 on SD 1.5; ``params.resolution: "1024x768"`` for the 1024 checkpoints;
+    ``params.frame: false`` uses the `sd` engine's window instead); CatVTON's sampler: 50 DDIM
+    steps, eta 1.0, guidance 2.5 (the row's steps / ``params.eta`` / guidance_scale override).
+
+    Mask-free: on an 8-channel InstructPix2Pix UNet (CatVTON's mask-free checkpoints are trained
+    on timbrooks/instruct-pix2pix) the UNet gets ``[x, person ; garment]`` with no mask channel and
+    redraws the whole frame; the row's mask still limits what the edit stage keeps. The paper
+    states the input (person and garment concatenated, no mask); what we could not check against
+    released code is the scale of the condition latents: they are encoded like the noisy latents
+    (VAE mode times the scaling factor), and CFG drops the garment as in the masked variant.
+
     The paper trains only the self-attention weights: ``params.attention`` (or the engine option)
-    is a .safetensors file of the UNet's ``attn1`` parameters, applied onto the UNet, every key
-    checked to be a self-attention parameter of the right shape. Keys are diffusers parameter names
-    (``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight``, an optional ``unet.``
-    prefix), or ``<i>.<param>`` indexing the UNet's modules whose name contains ``attn1`` in
-    ``named_modules`` order. ``attention: none`` runs the base inpainting UNet unchanged
-    (for experiments; without trained attention weights the result is plain inpainting).
+    is a .safetensors file of the UNet's ``attn1`` parameters, applied onto the UNet (see
+    `load_attention_weights`: diffusers names, or CatVTON's published ``<i>.<param>`` layout).
+    ``attention: none`` runs the base UNet unchanged (for experiments; without trained attention
+    weights the result is plain inpainting).
 
 Both: the garment's encoding (IP-Adapter image embedding; garment latents per window size) is
 cached per worker by the reference's content hash (``EditRequest.reference_key``), so a catalog
@@ -57,8 +73,12 @@ from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.diffusion.unets import LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.crop import CropPlan
+from editflow.engines.device import execution_device
 from editflow.engines.frame import FramePlan, parse_resolution, plan_frame
-from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, pad_to_square, sampler_settings
+from editflow.engines.ipadapter import (
+    DEFAULT_IP_ADAPTER_WEIGHT, PLUS_IP_ADAPTER_WEIGHT, IPAdapterSDEngine, IPAdapterSpec, RefJob, array_key,
+    pad_to_square, sampler_settings, weight_present,
+)
 from editflow.engines.params import param
 from editflow.engines.sd import SDEngine
 from editflow.engines.window import WindowParams, check_request, generators, plan_window
@@ -112,14 +132,19 @@ class SDIPAdapterTryOnEngine(IPAdapterSDEngine):
 
     name = "sd-ipadapter"
     tasks = TASKS
+    weights = ("SD inpainting + IP-Adapter (`params`: `ip_adapter`, `ip_adapter_weight`, `image_encoder`, "
+               "`ip_adapter_scale`; default `h94/IP-Adapter` `models/ip-adapter-plus_sd15.safetensors` when that "
+               "file is on this machine, else `models/ip-adapter_sd15.safetensors`; the `adapter` column says which)")
     models = (
         ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint + IP-Adapter (try-on)",
                   "any SD model `sd` takes; the adapter comes from params ip_adapter"),
         ModelInfo("h94/IP-Adapter", "IP-Adapter weights + CLIP image encoder",
-                  "models/ip-adapter_sd15.safetensors and models/image_encoder (the params' default)"),
+                  "models/ip-adapter-plus_sd15.safetensors (the try-on default when present), else "
+                  "models/ip-adapter_sd15.safetensors; and models/image_encoder"),
     )
-    summary = ("SD inpainting conditioned on the garment image through diffusers' `load_ip_adapter`, prompt optional "
-               "(default from the category), through editflow's sampler")
+    summary = ("SD inpainting conditioned on the garment image through diffusers' `load_ip_adapter` (plus: 16 tokens"
+               " from CLIP's patch features, which keeps prints, logos and stripes), prompt optional (default from "
+               "the category), through editflow's sampler")
 
     def _prepare(self, index: int, request: EditRequest) -> RefJob:  # type: ignore[override]
         category = check_tryon(request, self.name)
@@ -131,6 +156,19 @@ class SDIPAdapterTryOnEngine(IPAdapterSDEngine):
         return RefJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), "sampler",
                       s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},
                       spec=spec, reference=pad_to_square(request.reference), reference_key=request.reference_key)
+
+    def spec_for(self, request: EditRequest) -> IPAdapterSpec:
+        """IP-Adapter-plus (``models/ip-adapter-plus_sd15.safetensors``) when its weights are on this
+        machine, else the plain adapter, unless the row or the engine names a weight file."""
+        return IPAdapterSpec.from_params(self.params_of(request).given(), self.options,
+                                         default_weight=self._default_weight)
+
+    def _default_weight(self, location: str) -> str:
+        choices = self.__dict__.setdefault("_weight_choice", {})
+        if location not in choices:  # one file-system look-up per adapter location and worker
+            plus = weight_present(location, PLUS_IP_ADAPTER_WEIGHT)
+            choices[location] = PLUS_IP_ADAPTER_WEIGHT if plus else DEFAULT_IP_ADAPTER_WEIGHT
+        return choices[location]
 
     def _result(self, job: Any, image: np.ndarray, nfe: int, scheduler: str) -> EditResult:
         result = super()._result(job, image, nfe, scheduler)
@@ -358,7 +396,7 @@ class ConcatDenoiser(LatentUNetDenoiser):
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: ConcatCondition) -> torch.Tensor:
         c = condition
         cfg = c.uncond_latents is not None
-        dtype, device = self.unet.dtype, self.unet.device
+        dtype, device = self.unet.dtype, execution_device(self.unet)
         outs = []
         for sl in chunks(x_t.shape[0], self.rows_per_call):
             x, ts = x_t[sl], t[sl]
@@ -415,14 +453,24 @@ class ConcatTryOnEngine(SDEngine):
     name = "concat"
     tasks = TASKS
     Params = ConcatParams
+    shares_pipeline = False  # its attention weights change per row
     models = (
         ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel) for concat try-on",
-                  "plus your self-attention checkpoint (.safetensors) in params attention"),
+                  "plus a self-attention checkpoint (.safetensors, e.g. CatVTON's) in params attention"),
+        ModelInfo("timbrooks/instruct-pix2pix", "InstructPix2Pix (8-channel): the mask-free concat variant's base",
+                  "with a mask-free self-attention checkpoint in params attention"),
     )
-    weights = ("a 9-channel SD inpainting model (or an 8-channel InstructPix2Pix one, mask-free) + your self-attention "
-               "checkpoint (`params.attention`, `.safetensors` of `attn1` weights)")
-    summary = ("CatVTON-style, implemented from the paper: person and garment latents concatenated in one UNet, the "
-               "person part denoised under the mask, no text encoder, through editflow's sampler")
+    weights = ("a 9-channel SD inpainting model + a self-attention checkpoint (`params.attention`: `.safetensors` of"
+               " `attn1` weights, diffusers names or CatVTON's published `<index>.<param>` layout, e.g. "
+               "`mix-48k-1024/attention/model.safetensors`); mask-free: an 8-channel InstructPix2Pix model + the "
+               "mask-free attention")
+    summary = ("CatVTON-style, implemented from the paper: `[person ; garment]` latents stacked along height "
+               "(`params.concat_axis: width` for side by side) in one UNet, the person half denoised under the mask,"
+               " no text encoder; the person seen in a 3:4 frame around the mask resized to the checkpoint's "
+               "resolution (model resolution x 3/4, 512x384 on SD 1.5; `params.resolution: \"1024x768\"`; "
+               "`params.frame: false` for the plain window); CatVTON's sampler by default (50 DDIM steps, eta 1, "
+               "guidance 2.5); on an 8-channel model the mask-free variant (no mask channel, the whole frame "
+               "redrawn, the row's mask still limits what changes)")
 
     def _setup(self, pipe: Any) -> None:
         model, unet = self.model, getattr(pipe, "unet", None)
@@ -546,6 +594,10 @@ class ConcatTryOnEngine(SDEngine):
         latents, cached = self.cache.get_or_make(key, make)
         job.reference_cached = cached
         return latents
+
+    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        with torch.inference_mode():  # cached garment latents keep no autograd graph
+            return super().edit_batch(requests)
 
     def _run(self, jobs: list[ConcatJob]) -> list[EditResult]:
         first = jobs[0]

@@ -17,7 +17,8 @@ from editflow.errors import EditflowError
 from editflow.lease import LeaseHeld, acquire
 from editflow.manifest import Manifest
 from editflow.results import prepare_resume, results_dir, summarize
-from editflow.runners.local import run_local, stderr_progress
+from editflow.runners.local import run_local
+from editflow.progress import ProgressFn
 
 EXECUTORS = ("ray", "local")
 
@@ -33,10 +34,13 @@ def run_manifest(
     resume: bool = False,
     workers: int | None = None,
     rows_per_block: int = 8,
-    progress: bool = True,
+    progress: ProgressFn | None = None,
     force_unlock: bool = False,
+    gpus_per_worker: float | None = None,
 ) -> dict[str, Any]:
     """Edit every row of `manifest` into `config.out_dir`; return the summary (also in summary.json).
+
+    `progress(rows_done, rows_total, ok, errors)` is called as rows complete (editflow.progress).
 
     OUT may be a local folder or any storage URI. The run holds OUT's lease (editflow.lease) from
     start to summary: a second run on the same OUT refuses with RunError naming this one.
@@ -51,7 +55,7 @@ def run_manifest(
     except LeaseHeld as exc:
         raise RunError(str(exc)) from None
     try:
-        return _run_leased(manifest, config, executor, resume, workers, rows_per_block, progress)
+        return _run_leased(manifest, config, executor, resume, workers, rows_per_block, progress, gpus_per_worker)
     finally:
         lease.release()
         if lease.lost:
@@ -70,7 +74,8 @@ def with_manifest_scheme(config: RunConfig, manifest: Manifest) -> RunConfig:
 
 
 def _run_leased(manifest: Manifest, config: RunConfig, executor: str, resume: bool, workers: int | None,
-                rows_per_block: int, progress: bool) -> dict[str, Any]:
+                rows_per_block: int, progress: ProgressFn | None,
+                gpus_per_worker: float | None = None) -> dict[str, Any]:
     out = config.out_dir
     if resume:
         done = prepare_resume(out, config.run_id)
@@ -85,11 +90,12 @@ def _run_leased(manifest: Manifest, config: RunConfig, executor: str, resume: bo
     extra: dict[str, Any] = {}
     if table.num_rows:
         if executor == "local":
-            run_local(table.to_pylist(), config, progress=stderr_progress("editflow") if progress else None)
+            run_local(table.to_pylist(), config, progress=progress)
         else:
             from editflow.runners.ray import RayOptions, run_ray
 
-            extra = run_ray(table, config, RayOptions(workers=workers, rows_per_block=rows_per_block, progress=progress))
+            extra = run_ray(table, config, RayOptions(workers=workers, rows_per_block=rows_per_block,
+                                                      gpus_per_worker=gpus_per_worker))
     wall = time.perf_counter() - started
     run_info = {
         "run_id": config.run_id,
@@ -105,4 +111,7 @@ def _run_leased(manifest: Manifest, config: RunConfig, executor: str, resume: bo
         "config": {k: v for k, v in asdict(config).items() if k not in ("out_dir", "base_dir")},
         **extra,
     }
-    return summarize(out, manifest.table.column("id"), run_info)
+    summary = summarize(out, manifest.table.column("id"), run_info)
+    if progress and executor == "ray" and table.num_rows:  # until the Ray runner reports rows as they finish
+        progress(table.num_rows, table.num_rows, summary["status"]["ok"] - len(done), summary["status"]["error"])
+    return summary

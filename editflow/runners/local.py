@@ -6,10 +6,10 @@ interrupted run keeps everything finished before the interruption.
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Callable
+from typing import Any
 
 from editflow.config import RunConfig
+from editflow.progress import ProgressFn
 from editflow.results import write_result_file
 from editflow.runners.stages import (
     EditStage, MaskStage, PrepareStage, Row, WriteStage, close_stages, new_row, run_stages,
@@ -24,28 +24,20 @@ def run_local(
     raw_rows: list[dict[str, Any]],
     config: RunConfig,
     chunk_rows: int = 16,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> None:
     """Edit `raw_rows` in this process, writing result files under OUT/results as it goes."""
     stages = build_stages(config)
     total = len(raw_rows)
-    done = 0
+    done = ok = 0
     try:
         for start in range(0, total, chunk_rows):
             chunk = [new_row(raw, config.run_id) for raw in raw_rows[start:start + chunk_rows]]
             finished: list[Row] = run_stages(chunk, stages)
             write_result_file(config.out_dir, finished, config.run_id)
             done += len(chunk)
+            ok += sum(row["status"] == "ok" for row in finished)
             if progress:
-                progress(done, total)
+                progress(done, total, ok, done - ok)
     finally:
         close_stages(stages)
-
-
-def stderr_progress(label: str) -> Callable[[int, int], None]:
-    """A progress callback printing `label: done/total rows` lines to stderr."""
-
-    def report(done: int, total: int) -> None:
-        print(f"{label}: {done}/{total} rows", file=sys.stderr, flush=True)
-
-    return report

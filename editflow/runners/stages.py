@@ -23,7 +23,7 @@ import numpy as np
 from editflow import __version__, storage
 from editflow.config import RunConfig
 from editflow.engines import EditRequest, Engine, engine_target, get_engine_class
-from editflow.engines.base import composite_unmasked, unmasked_max_diff
+from editflow.engines.base import NSFWContentError, composite_unmasked, unmasked_max_diff
 from editflow.infotext import format_infotext
 from editflow.manifest import EditRow, RowError, parse_row
 from editflow.masks import ops
@@ -213,6 +213,7 @@ class EditStage(Stage):
     def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         self.engines: dict[tuple[str, str | None], Engine] = {}  # (module:Class, model) -> engine
+        self.shared_models: dict = {}  # loaded pipelines the engines of one model share (editflow.engines.sd)
         self.device = config.device or _default_device()
         if self.device == "cpu":
             _pin_cpu_threads(config.cpu_threads or os.cpu_count() or 1)
@@ -221,7 +222,8 @@ class EditStage(Stage):
         key = (engine_target(name, task), model)
         if key not in self.engines:  # models load once per worker
             self.engines[key] = get_engine_class(name, task).from_pretrained(
-                model=model, device=self.device, cache=self.config.cache)
+                model=model, device=self.device, cache=self.config.cache, shared_models=self.shared_models,
+                **self.config.engine_options())
         return self.engines[key]
 
     def close(self) -> None:
@@ -241,6 +243,8 @@ class EditStage(Stage):
                 for row in group:
                     mark_error(row, self.name, exc)
                 continue
+            # rows of one size and settings next to each other: they share the engine's batched calls
+            group.sort(key=_bucket)
             size = max(1, self.config.batch_size)
             for start in range(0, len(group), size):
                 self._run(engine, name, group[start:start + size])
@@ -260,6 +264,11 @@ class EditStage(Stage):
             if isinstance(result, Exception):
                 mark_error(row, self.name, result)
                 continue
+            row["nsfw"] = result.nsfw
+            if result.nsfw:  # the opt-in safety checker flagged it: nothing is written, the row says why
+                mark_error(row, self.name, NSFWContentError(
+                    f"the {name} engine's safety checker flagged this output; it was not written"))
+                continue
             try:
                 output = composite_unmasked(request.image, result.image, request.mask)
             except Exception as exc:
@@ -268,6 +277,7 @@ class EditStage(Stage):
             row["_output"] = output
             row.update(
                 engine=name, model=result.model or engine.model, reference_cached=result.reference_cached, model_revision=result.model_revision,
+                adapter=result.adapter,
                 scheduler=result.scheduler, steps=result.steps, strength=result.strength,
                 guidance_scale=result.guidance_scale, jump_length=result.jump_length,
                 jump_n_sample=result.jump_n_sample, nfe=result.nfe,
@@ -337,6 +347,14 @@ PARAMETER_KEYS = (
 
 def _parameters(row: Row) -> dict[str, Any]:
     return {k: row.get(k) for k in PARAMETER_KEYS if row.get(k) is not None}
+
+
+def _bucket(row: Row) -> tuple:
+    """What decides whether two rows can share a network call: image size and sampler settings."""
+    edit = _parsed(row)
+    h, w = row["_image"].shape[:2]
+    return (h, w, edit.task, edit.steps or 0, edit.strength if edit.strength is not None else -1.0,
+            edit.guidance_scale if edit.guidance_scale is not None else -1.0)
 
 
 def _default_device() -> str:

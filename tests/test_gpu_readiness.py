@@ -1,0 +1,441 @@
+"""The CUDA code paths, proven on the CPU (issue 12): one test per defect a first GPU run would meet.
+
+Every test runs the real engines on the suite's tiny random-weight models; the GPU-only
+conditions are recreated on the CPU: fp16 models (torch's CPU kernels run half precision),
+accelerate's offload hooks (weights on the meta device, executed on the CPU), a VAE whose config
+asks for fp32 (`force_upcast=True`, as every hub SD/SDXL VAE), a compute capability reported by a
+patched `torch.cuda`, an out-of-memory error raised by a hook on the UNet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from editflow.engines.base import EditRequest
+from tests.conftest import textured_image
+
+IMG = textured_image(64, 56, seed=31)
+MASK = np.zeros((56, 64), np.float32)
+MASK[14:46, 12:52] = 1
+GARMENT = textured_image(40, 56, seed=23)
+GARMENT_2 = textured_image(48, 48, seed=24)[..., ::-1].copy()
+
+
+def request(task: str = "inpaint", seed: int = 7, rid: str = "r", **kw) -> EditRequest:
+    kw.setdefault("steps", 3)
+    kw.setdefault("prompt", "a red cat")
+    return EditRequest(id=rid, task=task, image=kw.pop("image", IMG), mask=kw.pop("mask", MASK), seed=seed, **kw)
+
+
+def ok(results):
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
+
+
+def tiny_pipe(kind: str, tmp_path, force_upcast: bool = False, **extra):
+    """A tiny SD / SDXL (inpaint) pipeline in memory; `force_upcast` as hub VAEs set it."""
+    from diffusers import (
+        StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLInpaintPipeline,
+    )
+
+    from tests.tiny_models import tiny_sd_components, tiny_sdxl_components
+
+    if kind == "sdxl-inpaint":
+        c = tiny_sdxl_components(9, tmp_path / "tok", seed=20)
+        cls = StableDiffusionXLInpaintPipeline
+    else:
+        c = tiny_sd_components(9 if kind == "sd-inpaint" else 4, tmp_path / "tok")
+        cls = StableDiffusionInpaintPipeline if kind == "sd-inpaint" else StableDiffusionPipeline
+        c.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    c.update(extra)
+    c["vae"].register_to_config(force_upcast=force_upcast)
+    return cls(**c)
+
+
+class Calls:
+    """Counts the rows (batch entries) each module evaluates, and the dtypes it saw."""
+
+    def __init__(self, **modules: torch.nn.Module) -> None:
+        self.rows = {name: 0 for name in modules}
+        self.calls = {name: 0 for name in modules}
+        self.dtypes: dict[str, list] = {name: [] for name in modules}
+        for name, module in modules.items():
+            module.register_forward_pre_hook(self._hook(name), with_kwargs=True)
+
+    def _hook(self, name):
+        def hook(module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            self.rows[name] += int(x.shape[0])
+            self.calls[name] += 1
+            self.dtypes[name].append(x.dtype)
+        return hook
+
+
+# -- 1: concat try-on keeps no autograd graph --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def attention_ckpt(tiny_models, tmp_path_factory):
+    from diffusers import UNet2DConditionModel
+
+    from tests.tiny_models import save_attention_checkpoint
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd-inpaint"], subfolder="unet")
+    return save_attention_checkpoint(unet, tmp_path_factory.mktemp("attn") / "attention.safetensors", noise=0.3)
+
+
+def test_concat_row_leaves_no_gradients_and_cached_latents_carry_no_graph(tiny_models, attention_ckpt):
+    from editflow.engines.tryon_sd import ConcatTryOnEngine
+
+    e = ConcatTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", attention=str(attention_ckpt))
+    ok(e.edit_batch([request("tryon", reference=GARMENT, reference_key="g1", category="upper")]))
+    for module in (e.unet, e.vae):
+        assert not any(p.requires_grad for p in module.parameters())
+    (latents,) = e.cache._items.values()
+    assert latents.grad_fn is None and not latents.requires_grad
+
+
+def test_sd_engine_models_are_frozen(tiny_models):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    for name in ("unet", "vae", "text_encoder"):
+        assert not any(p.requires_grad for p in getattr(e.pipe, name).parameters()), name
+
+
+# -- 2: model CPU offload: inputs go to the execution device, not module.device ----------------
+
+def _offload(*modules: torch.nn.Module) -> None:
+    """accelerate's offload hooks: weights live on the meta device (module.device reads meta)
+    and are brought to the execution device for each forward, as under enable_model_cpu_offload
+    where module.device reads cpu while the work runs on cuda."""
+    from accelerate import cpu_offload
+
+    for m in modules:
+        cpu_offload(m, execution_device=torch.device("cpu"))
+        assert next(m.parameters()).device.type == "meta"
+
+
+@pytest.mark.parametrize("name,task", [("sd", "repaint"), ("sd-inpaint", "repaint")])
+def test_sampler_path_runs_under_offload_hooks_with_the_same_bytes(tiny_models, name, task):
+    from editflow.engines.sd import SDEngine
+
+    plain = SDEngine(model=str(tiny_models[name]), device="cpu")
+    (want,) = ok(plain.edit_batch([request(task, jump_length=2, jump_n_sample=2)]))
+    e = SDEngine(model=str(tiny_models[name]), device="cpu")
+    _offload(e.pipe.unet, e.pipe.vae, e.pipe.text_encoder)
+    (got,) = ok(e.edit_batch([request(task, jump_length=2, jump_n_sample=2)]))
+    assert np.array_equal(got.image, want.image)
+
+
+def test_concat_runs_under_offload_hooks(tiny_models, attention_ckpt):
+    from editflow.engines.tryon_sd import ConcatTryOnEngine
+
+    e = ConcatTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", attention=str(attention_ckpt))
+    (want,) = ok(e.edit_batch([request("tryon", reference=GARMENT, category="upper")]))
+    f = ConcatTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", attention=str(attention_ckpt))
+    f.set_attention(str(attention_ckpt))
+    _offload(f.unet, f.vae)
+    (got,) = ok(f.edit_batch([request("tryon", reference=GARMENT, category="upper")]))
+    assert np.array_equal(got.image, want.image)
+
+
+def test_ipadapter_runs_under_offload_hooks(tiny_models, tiny_ip_adapter):
+    from editflow.engines.tryon_sd import SDIPAdapterTryOnEngine
+
+    e = SDIPAdapterTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", ip_adapter=str(tiny_ip_adapter))
+    row = request("tryon", reference=GARMENT, category="upper")
+    (want,) = ok(e.edit_batch([row]))
+    _offload(e.pipe.unet, e.pipe.vae, e.pipe.text_encoder, e.adapter.encoder)
+    e.cache = type(e.cache)(0, enabled=False)  # the image encoder runs again, under its hook
+    (got,) = ok(e.edit_batch([row]))
+    assert np.array_equal(got.image, want.image)
+
+
+def test_execution_device_reads_the_hooks():
+    from editflow.engines.device import execution_device
+
+    lin = torch.nn.Linear(2, 2)
+    assert execution_device(lin) == torch.device("cpu")
+    _offload(lin)
+    assert execution_device(lin) == torch.device("cpu")
+
+
+# -- 3: fp16 with a 9-channel SD inpaint model whose VAE asks for fp32 --------------------------
+
+def test_fp16_nine_channel_inpaint_with_force_upcast_vae(tmp_path):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(tiny_pipe("sd-inpaint", tmp_path, force_upcast=True), device="cpu", dtype="fp16")
+    assert e.pipe.unet.dtype == torch.float16
+    calls = Calls(decoder=e.pipe.vae.decoder)
+    (a,) = ok(e.edit_batch([request("inpaint")]))  # diffusers' inpaint pipeline, fp16 throughout
+    assert a.image.shape == IMG.shape and a.image[MASK > 0].std() > 0
+    (b,) = ok(e.edit_batch([request("repaint", jump_length=2, jump_n_sample=2)]))  # the sampler: VAE upcast
+    assert b.image.shape == IMG.shape
+    assert calls.dtypes["decoder"] == [torch.float16, torch.float32]
+    assert e.pipe.vae.dtype == torch.float32
+
+
+# -- 4: attention slicing survives IP-Adapter loads and swaps ----------------------------------
+
+def test_sliced_attention_with_ip_adapter_load_and_swap(tiny_models, tiny_ip_adapter, tmp_path):
+    import shutil
+
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0, SlicedAttnProcessor
+
+    from editflow.engines.tryon_sd import SDIPAdapterTryOnEngine
+
+    other = tmp_path / "ip2"
+    shutil.copytree(tiny_ip_adapter, other)
+    e = SDIPAdapterTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", ip_adapter=str(tiny_ip_adapter),
+                               attention_slicing=True)
+    rows = [request("tryon", reference=g, category="upper", rid=str(i)) for i, g in enumerate((GARMENT, GARMENT_2))]
+    a, b = ok(e.edit_batch(rows))
+    assert not np.array_equal(a.image, b.image)  # the image prompt still reaches the UNet
+
+    def kinds():
+        procs = e.pipe.unet.attn_processors
+        ip = {k for k, v in procs.items() if isinstance(v, IPAdapterAttnProcessor2_0)}
+        sliced = {k for k, v in procs.items() if isinstance(v, SlicedAttnProcessor)}
+        return ip, sliced, set(procs)
+
+    ip, sliced, every = kinds()
+    assert ip and sliced == every - ip  # every non-adapter layer is sliced
+    swap = [request("tryon", reference=GARMENT, category="upper", params={"ip_adapter": str(other)})]
+    ok(e.edit_batch(swap))  # unload + load another adapter
+    assert kinds()[:2] == (ip, sliced)
+    (again,) = ok(e.edit_batch(rows[:1]))
+    assert np.array_equal(again.image, a.image)
+
+
+# -- 5: the safety checker never blackens a row silently ---------------------------------------
+
+class FlagEverything(torch.nn.Module):
+    """A safety checker with diffusers' call signature that flags every image (and blackens it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    def forward(self, images, clip_input):
+        self.calls += 1
+        return np.zeros_like(images), [True] * len(images)
+
+
+def _flagging_pipe(tmp_path):
+    from transformers import CLIPImageProcessor
+
+    pipe = tiny_pipe("sd-inpaint", tmp_path)
+    pipe.register_modules(safety_checker=FlagEverything(), feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
+    return pipe
+
+
+def test_safety_checker_is_off_by_default(tmp_path):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(_flagging_pipe(tmp_path), device="cpu")
+    (r,) = ok(e.edit_batch([request("inpaint")]))
+    assert r.image[MASK > 0].max() > 0 and r.nsfw is None
+
+
+def test_safety_checker_opt_in_flags_rows_on_both_paths(tmp_path):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(_flagging_pipe(tmp_path), device="cpu", safety_checker=True)
+    a, b = ok(e.edit_batch([request("inpaint", rid="a"), request("repaint", rid="b")]))
+    assert a.nsfw is True and b.nsfw is True
+
+
+def test_flagged_row_is_an_nsfw_error_row_not_a_black_ok_row(tmp_path):
+    from editflow.config import RunConfig
+    from editflow.engines import engine_target
+    from editflow.engines.sd import SDEngine
+    from editflow.results import RESULT_SCHEMA
+    from editflow.runners.stages import EditStage, new_row
+
+    config = RunConfig(out_dir=str(tmp_path), engine="sd", model="tiny", device="cpu")
+    stage = EditStage(config)
+    stage.engines[(engine_target("sd", "inpaint"), "tiny")] = SDEngine(
+        _flagging_pipe(tmp_path), device="cpu", safety_checker=True)
+    row = new_row({"id": "r1", "task": "inpaint", "image": "x.png", "mask": "box:12,14,52,46", "prompt": "a cat",
+                   "steps": "3", "seed": "1"}, config.run_id)
+    row.update(_image=IMG, _mask=MASK)
+    (row,) = stage([row])
+    assert row["status"] == "error" and row["nsfw"] is True and row["error_type"] == "NSFWContentError"
+    assert "_output" not in row and "nsfw" in RESULT_SCHEMA.names
+
+
+# -- 6: SDXL fp16: the pipeline's fp16 VAE cast never reaches the sampler rows ------------------
+
+def test_sdxl_fp16_inpaint_then_repaint_keeps_the_fp32_vae(tmp_path):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(tiny_pipe("sdxl-inpaint", tmp_path, force_upcast=True), device="cpu", dtype="fp16")
+    calls = Calls(encoder=e.pipe.vae.encoder, decoder=e.pipe.vae.decoder)
+    ok(e.edit_batch([request("inpaint")]))
+    assert e.pipe.vae.dtype == torch.float32
+    (b,) = ok(e.edit_batch([request("repaint", jump_length=2, jump_n_sample=2)]))
+    n = len(calls.dtypes["decoder"])
+    assert calls.dtypes["decoder"][n - 1] == torch.float32 and calls.dtypes["encoder"][-1] == torch.float32
+    assert b.image.shape == IMG.shape
+
+
+# -- 7: bf16 only where the hardware has it ------------------------------------------------------
+
+@pytest.mark.parametrize("capability,want", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                             ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_bf16_only_on_compute_capability_8(monkeypatch, capability, want):
+    from editflow.models import select_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    assert select_dtype("cuda") == want
+    assert select_dtype("cuda:1") == want
+    assert select_dtype("cuda", "fp32") == torch.float32
+
+
+# -- 9: out of memory: split and retry, fail only what does not fit ----------------------------
+
+def test_oom_splits_the_group_and_retries(tiny_models):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(model=str(tiny_models["sd"]), device="cpu", micro_batch=4)
+    seen = []
+
+    def hook(module, args, kwargs):
+        seen.append(int(args[0].shape[0]))
+        if args[0].shape[0] > 2:  # room for one row with CFG
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    handle = e.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        rows = [request("repaint", seed=i, rid=str(i), steps=2) for i in range(3)]
+        results = ok(e.edit_batch(rows))
+    finally:
+        handle.remove()
+    assert len(results) == 3 and seen[0] == 6 and 4 in seen and seen[-1] == 2  # 3 rows -> 1 + 2 -> 1 + 1
+    alone = SDEngine(model=str(tiny_models["sd"]), device="cpu")
+    for row, result in zip(rows, results):
+        (want,) = ok(alone.edit_batch([row]))
+        assert np.array_equal(result.image, want.image)
+
+
+def test_oom_fails_only_the_rows_that_still_do_not_fit():
+    from editflow.engines.base import run_grouped
+
+    class J:
+        def __init__(self, i, big):
+            self.index, self.big = i, big
+
+        def key(self):
+            return "same"
+
+    calls = []
+
+    def run(group):
+        calls.append(len(group))
+        if len(group) > 1 or group[0].big:
+            raise torch.OutOfMemoryError("simulated")
+        return [f"ok{j.index}" for j in group]
+
+    results = [None] * 5
+    run_grouped([J(i, i == 3) for i in range(5)], run, results)
+    assert results[:3] == ["ok0", "ok1", "ok2"] and results[4] == "ok4"
+    assert isinstance(results[3], torch.OutOfMemoryError)
+    assert calls[0] == 5
+
+
+# -- 10: network evaluations per row -------------------------------------------------------------
+
+def test_pipeline_path_evaluations_per_row(tiny_models):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    calls = Calls(unet=e.pipe.unet, encoder=e.pipe.vae.encoder, decoder=e.pipe.vae.decoder,
+                  text=e.pipe.text_encoder)
+    steps, n = 3, 2
+    ok(e.edit_batch([request("inpaint", rid=str(i), seed=i, steps=steps, negative_prompt="x") for i in range(n)]))
+    assert calls.rows["unet"] == n * 2 * steps  # classifier-free guidance: uncond + cond per step
+    assert calls.rows["encoder"] == n and calls.rows["decoder"] == n
+    assert calls.rows["text"] == 2 * n
+
+
+def test_sampler_path_evaluations_per_row(tiny_models):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    calls = Calls(unet=e.pipe.unet, encoder=e.pipe.vae.encoder, decoder=e.pipe.vae.decoder)
+    ok(e.edit_batch([request("inpaint", params={"sampler": True}, steps=3, negative_prompt="x")]))
+    # one encode of the image (known region), one of the masked image (9-channel input), one decode
+    assert (calls.rows["unet"], calls.rows["encoder"], calls.rows["decoder"]) == (6, 2, 1)
+
+
+def test_sdedit_start_is_not_encoded_at_strength_one(tiny_models):
+    from editflow.diffusion.sampler import SamplerConfig, masked_sample
+    from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(model=str(tiny_models["sd"]), device="cpu")
+    d = LatentUNetDenoiser(e.pipe.unet, e.pipe.vae)
+    calls = Calls(encoder=e.pipe.vae.encoder)
+    images = torch.zeros(1, 3, 64, 64)
+    masks = torch.ones(1, 1, 64, 64)
+    cond = LatentCondition(prompt_embeds=torch.zeros(1, 77, 32), negative_embeds=None, guidance_scale=1.0)
+    with torch.inference_mode():
+        masked_sample(d, images, masks, [torch.Generator().manual_seed(0)], SamplerConfig(steps=2, strength=1.0),
+                      condition=cond, init=images + 0.5)
+    assert calls.rows["encoder"] == 1
+
+
+# -- 9: one loaded model per worker for sd, sd makeup and sd-ipadapter --------------------------
+
+def test_engines_of_one_model_share_one_pipeline_and_keep_their_bytes(tmp_path, tiny_models, tiny_ip_adapter):
+    from editflow.config import RunConfig
+    from editflow.engines.sd import SDEngine
+    from editflow.runners.stages import EditStage, new_row
+
+    model = str(tiny_models["sd-inpaint"])
+    stage = EditStage(RunConfig(out_dir=str(tmp_path), device="cpu", model=model))
+    plain = stage.engine("sd", "repaint", model)
+    ipa = stage.engine("sd-ipadapter", "tryon", model)
+    assert ipa.pipe is plain.pipe and ipa.pipe.unet is plain.pipe.unet
+
+    def row(rid, task, engine, **extra):
+        r = new_row({"id": rid, "task": task, "engine": engine, "image": "x.png", "mask": "box:12,14,52,46",
+                     "prompt": "a cat", "steps": "3", "seed": "4", **extra}, "run")
+        r.update(_image=IMG, _mask=MASK, _reference=GARMENT)
+        return r
+
+    params = '{"ip_adapter": "%s"}' % tiny_ip_adapter
+    rows = stage([row("a", "repaint", "sd"), row("b", "tryon", "sd-ipadapter", category="upper", params=params),
+                  row("c", "repaint", "sd")])
+    assert [r["status"] for r in rows] == ["ok"] * 3, [r.get("error_message") for r in rows]
+    (alone,) = ok(SDEngine(model=model, device="cpu").edit_batch([request("repaint", seed=4, prompt="a cat")]))
+    assert np.array_equal(rows[0]["_output"], rows[2]["_output"])  # the adapter left the plain UNet as it was
+    assert np.array_equal(rows[0]["_output"][MASK > 0], alone.image[MASK > 0])
+
+
+# -- 10: switches from the run's config reach the engines (and Ray actors, which get it pickled) --
+
+def test_run_config_switches_reach_the_engine(tmp_path, tiny_models, monkeypatch):
+    import pickle
+
+    from editflow import cli
+    from editflow.config import RunConfig
+    from editflow.runners.stages import EditStage
+
+    monkeypatch.setenv("EDITFLOW_MICRO_BATCH", "3")
+    args = cli.build_parser().parse_args(["run", "m.jsonl", "-o", str(tmp_path), "--dtype", "bf16", "--vae-tiling"])
+    config = cli._config(args, str(tmp_path), str(tmp_path))
+    assert config.engine_options() == {"dtype": "bf16", "vae_tiling": True, "micro_batch": 3}
+    monkeypatch.delenv("EDITFLOW_MICRO_BATCH")
+    config = pickle.loads(pickle.dumps(config))  # what a Ray actor receives
+    e = EditStage(config).engine("sd", "repaint", str(tiny_models["sd"]))
+    assert e.dtype == torch.bfloat16 and e.rows_per_call == 3 and "vae_tiling" in e.switches
+    assert RunConfig(out_dir="x").engine_options() == {}
