@@ -143,7 +143,7 @@ def throughput_part(c: dict, device: str, size: int, steps: int, micro_batches: 
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
 
-    from editflow.engines.device import pipeline_vae
+    from editflow.diffusion.device import pipeline_vae
     from editflow.engines.sd import SDEngine
 
     cuda = device.startswith("cuda")

@@ -156,7 +156,7 @@ def test_ipadapter_runs_under_offload_hooks(tiny_models, tiny_ip_adapter):
 
 
 def test_execution_device_reads_the_hooks():
-    from editflow.engines.device import execution_device
+    from editflow.diffusion.device import execution_device
 
     lin = torch.nn.Linear(2, 2)
     assert execution_device(lin) == torch.device("cpu")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from editflow.diffusion.denoiser import PixelSpace
-from editflow.engines.device import execution_device
+from editflow.diffusion.device import execution_device
 
 __all__ = ["LatentCondition", "LatentUNetDenoiser", "PixelUNetDenoiser", "chunks", "VAE_ROWS"]
 

@@ -30,7 +30,7 @@ import torch
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
 from editflow.diffusion.unets import PixelUNetDenoiser
-from editflow.engines.device import freeze
+from editflow.diffusion.device import freeze
 from editflow.engines.params import param
 from editflow.engines.window import Job, WindowParams, check_request, generators, plan_window
 from editflow.models import ModelInfo, RuntimeOptions, load_pixel_unet, select_device, select_dtype

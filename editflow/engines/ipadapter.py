@@ -43,7 +43,7 @@ import torch
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.base import EditRequest, EditResult, EngineError, is_out_of_memory
-from editflow.engines.device import execution_device, freeze, has_offload_hooks, plain_attention, slice_attention
+from editflow.diffusion.device import execution_device, freeze, has_offload_hooks, plain_attention, slice_attention
 from editflow.engines.params import param
 from editflow.engines.sd import SDEngine, release_adapter
 from editflow.engines.window import Job, WindowParams, generators

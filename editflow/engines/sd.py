@@ -40,7 +40,7 @@ import torch
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser, chunks
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
-from editflow.engines.device import execution_device, freeze, freeze_pipeline, pipeline_vae, vae_dtype, vae_in
+from editflow.diffusion.device import execution_device, freeze, freeze_pipeline, pipeline_vae, vae_dtype, vae_in
 from editflow.engines.params import param
 from editflow.engines.window import Job, WindowParams, check_request, generators, plan_window
 from editflow.models import (

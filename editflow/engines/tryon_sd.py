@@ -73,7 +73,7 @@ from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.diffusion.unets import LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.crop import CropPlan
-from editflow.engines.device import execution_device
+from editflow.diffusion.device import execution_device
 from editflow.engines.frame import FramePlan, parse_resolution, plan_frame
 from editflow.engines.ipadapter import (
     DEFAULT_IP_ADAPTER_WEIGHT, PLUS_IP_ADAPTER_WEIGHT, IPAdapterSDEngine, IPAdapterSpec, RefJob, array_key,
