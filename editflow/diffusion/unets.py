@@ -117,6 +117,11 @@ class LatentUNetDenoiser:
 
     # -- prediction -------------------------------------------------------------------------
 
+    def control_residuals(self, x: torch.Tensor, ts: torch.Tensor, states: torch.Tensor, condition: Any,
+                          sl: slice, cfg: bool) -> dict[str, Any]:
+        """Extra UNet inputs of this call (a ControlNet's residuals); none here."""
+        return {}
+
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: LatentCondition) -> torch.Tensor:
         c = condition
         cfg = c.negative_embeds is not None
@@ -148,6 +153,7 @@ class LatentUNetDenoiser:
                 cond["image_embeds"] = [img.unsqueeze(1).to(device=device, dtype=dtype)]
             if cond:
                 kwargs["added_cond_kwargs"] = cond
+            kwargs.update(self.control_residuals(x, ts, emb, c, sl, cfg))
             out = self.unet(x.to(device=device, dtype=dtype), ts.to(device), **kwargs).sample.float()
             outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
         return torch.cat(outs).to(x_t.device)

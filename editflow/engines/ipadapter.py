@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
+from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser
 from editflow.engines.base import EditRequest, EditResult, EngineError, is_out_of_memory
 from editflow.diffusion.device import execution_device, freeze, has_offload_hooks, plain_attention, slice_attention
 from editflow.engines.params import param
@@ -446,10 +446,8 @@ class IPAdapter:
 
 @dataclass
 class IPCondition(LatentCondition):
-    """`LatentCondition` plus per-row image embeddings ([B, D] or [B, S, D]); None = no image prompt."""
+    """`LatentCondition` (text and IP-Adapter image embeddings) plus a ControlNet's condition."""
 
-    image_embeds: torch.Tensor | None = None
-    negative_image_embeds: torch.Tensor | None = None
     #: ControlNet condition images [B, 3, H, W] in [0, 1] at the window's pixel size; None = no ControlNet
     control_image: torch.Tensor | None = None
     control_scale: float = 1.0
@@ -465,7 +463,7 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
     def control_residuals(self, x: torch.Tensor, ts: torch.Tensor, states: torch.Tensor, condition: IPCondition,
                           sl: slice, cfg: bool) -> dict[str, Any]:
         """``down_block_additional_residuals`` / ``mid_block_additional_residual`` for the UNet call."""
-        if self.controlnet is None or condition.control_image is None:
+        if self.controlnet is None or getattr(condition, "control_image", None) is None:
             return {}
         net = self.controlnet
         image = condition.control_image[sl]
@@ -479,37 +477,6 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
                         conditioning_scale=float(condition.control_scale), return_dict=False)
         return {"down_block_additional_residuals": [d.to(self.unet.dtype) for d in down],
                 "mid_block_additional_residual": mid.to(self.unet.dtype)}
-
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: IPCondition) -> torch.Tensor:
-        c = condition
-        if getattr(c, "image_embeds", None) is None:
-            return super().predict(x_t, t, alpha_bar_t, condition)
-        cfg = c.negative_embeds is not None
-        outs = []
-        dtype, device = self.unet.dtype, execution_device(self.unet)
-        for sl in chunks(x_t.shape[0], self.rows_per_call):
-            x = x_t[sl]
-            if self.in_channels == 9:
-                x = torch.cat([x, c.mask[sl].to(x), c.masked_latents[sl].to(x)], dim=1)
-            emb, ts, img = c.prompt_embeds[sl], t[sl], c.image_embeds[sl]
-            added: dict[str, torch.Tensor] = {}
-            if c.text_embeds is not None:
-                added = {"text_embeds": c.text_embeds[sl], "time_ids": c.time_ids[sl]}
-            if cfg:  # diffusers' order: [unconditional, conditional]
-                x, ts = torch.cat([x, x]), torch.cat([ts, ts])
-                emb = torch.cat([c.negative_embeds[sl], emb])
-                img = torch.cat([c.negative_image_embeds[sl], img])
-                if added:
-                    added = {"text_embeds": torch.cat([c.negative_text_embeds[sl], added["text_embeds"]]),
-                             "time_ids": torch.cat([c.negative_time_ids[sl], added["time_ids"]])}
-            cond = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
-            cond["image_embeds"] = [img.unsqueeze(1).to(device=device, dtype=dtype)]  # one image per row
-            control = self.control_residuals(x, ts, emb, c, sl, cfg)
-            out = self.unet(x.to(device=device, dtype=dtype), ts.to(device),
-                            encoder_hidden_states=emb.to(device=device, dtype=dtype), added_cond_kwargs=cond,
-                            **control).sample.float()
-            outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
-        return torch.cat(outs).to(x_t.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,8 +578,8 @@ class IPAdapterSDEngine(SDEngine):
         masks = torch.cat([j.mask for j in jobs]).to(device)
         base = self.condition(jobs, images, masks)
         pairs = [self.embeddings(j, adapter) for j in jobs]
-        condition = IPCondition(**vars(base), image_embeds=torch.cat([p for p, _ in pairs]).to(device),
-                                negative_image_embeds=torch.cat([n for _, n in pairs]).to(device))
+        condition = IPCondition(**{**vars(base), "image_embeds": torch.cat([p for p, _ in pairs]).to(device),
+                                   "negative_image_embeds": torch.cat([n for _, n in pairs]).to(device)})
         if getattr(first, "control", None) is not None:  # a ControlNet condition per row (makeup)
             condition.control_image = torch.cat([j.control for j in jobs]).to(device)
             condition.control_scale = float(first.control_scale)
