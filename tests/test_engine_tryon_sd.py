@@ -135,11 +135,11 @@ def test_ipadapter_plus_from_the_hub_cache(tiny_models, tiny_ip_adapter_plus, em
     shutil.copytree(tiny_ip_adapter_plus / "models", snapshot / "models")
     (empty_hub_cache / "models--h94--IP-Adapter" / "refs").mkdir()
     (empty_hub_cache / "models--h94--IP-Adapter" / "refs" / "main").write_text("a" * 40)
-    e = get_engine_class("sd-ipadapter", "tryon")(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    e = get_engine_class("sd-ipadapter", "tryon").from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
     (r,) = ok(e.edit_batch([tryon("h", steps=2)]))
     assert e.adapter.kind == "plus" and r.adapter.startswith("ip-adapter h94/IP-Adapter models/ip-adapter-plus_sd15")
     (snapshot / "models" / "ip-adapter-plus_sd15.safetensors").unlink()
-    e2 = get_engine_class("sd-ipadapter", "tryon")(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    e2 = get_engine_class("sd-ipadapter", "tryon").from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
     (r2,) = ok(e2.edit_batch([tryon("h", steps=2)]))
     assert e2.adapter.kind == "base" and "models/ip-adapter_sd15.safetensors" in r2.adapter
 
