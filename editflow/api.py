@@ -379,13 +379,15 @@ def run(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, executor
         *, engine: str | None = None, model: str | None = None, device: str | None = None,
         workers: int | None = None, rows_per_block: int = 8, progress: bool | ProgressFn | None = True,
         progress_interval: float | None = None, verbose: bool = False, force_unlock: bool = False,
-        gpus_per_worker: float | None = None, **settings: Any) -> Summary:
+        gpus_per_worker: float | None = None, rows_per_file: int | None = None, **settings: Any) -> Summary:
     """Edit every row of a manifest into `out` (as `editflow run`); return its `Summary`.
 
     `progress`: True for the bar (on a terminal) or a plain line every `progress_interval` seconds on
     stderr, False for none, or your own ``fn(rows_done, rows_total, ok, errors)``. Library logs go to
     OUT/logs/libraries.log unless `verbose`. `force_unlock` takes OUT's lease even from a run that
     seems alive. `gpus_per_worker`: GPUs per Ray edit actor for diffusers engines (0.5 shares one).
+    `rows_per_file`: result rows per Parquet file (default 1000). On Ray a manifest given by path
+    is streamed: the driver checks its id column and the workers read the rows.
     Other keywords are `RunConfig` settings (batch_size, cpu_threads, output_format, quality, and
     the engine switches dtype, micro_batch, cpu_offload...).
     Raises `RunError` / `ManifestError` (both `EditflowError`) when the run cannot start."""
@@ -395,7 +397,14 @@ def run(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, executor
     unknown = sorted(set(settings) - CONFIG_FIELDS)
     if unknown:
         raise TypeError(f"unknown run setting(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_FIELDS))}")
-    table = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    if isinstance(manifest, Manifest):
+        table = manifest
+    elif executor == "ray":  # Ray's readers take the rows on the workers; here only the ids
+        from editflow.manifest_index import index_manifest
+
+        table = index_manifest(manifest)
+    else:
+        table = read_manifest(manifest)
     if "allowed_schemes" in settings:
         settings["allowed_schemes"] = tuple(dict.fromkeys(("file", *settings["allowed_schemes"])))
     config = RunConfig(out_dir=os.fspath(out), base_dir=table.base_dir, model=model, device=device,
@@ -406,7 +415,7 @@ def run(manifest: str | os.PathLike | Manifest, out: str | os.PathLike, executor
             data = run_manifest(table, config, executor=executor, resume=resume, workers=workers,
                                 rows_per_block=rows_per_block, force_unlock=force_unlock,
                                 progress=own or (progress if callable(progress) else None),
-                                gpus_per_worker=gpus_per_worker)
+                                gpus_per_worker=gpus_per_worker, rows_per_file=rows_per_file)
         finally:
             if own is not None:
                 own.close()

@@ -17,7 +17,7 @@ from editflow import __version__, storage
 from editflow.config import ENGINE_SWITCHES, OUTPUT_FORMATS
 from editflow.engines import DEFAULT_ENGINE, engine_names
 from editflow.errors import EditflowError
-from editflow.manifest import TASKS, RowError, parse_row, read_manifest
+from editflow.manifest import TASKS, read_manifest
 from editflow.tasks import CATEGORIES
 
 EXIT_OK, EXIT_FATAL, EXIT_ROW_ERRORS = 0, 1, 2
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=4, help="rows per engine call (default 4)")
     run.add_argument("--rows-per-block", type=int, default=8,
                      help="rows per Ray block: the unit of retry and failure (default 8)")
+    run.add_argument("--rows-per-file", type=int, default=None,
+                     help="result rows per Parquet file (default 1000; the local executor also writes one a minute)")
     run.add_argument("--resume", action="store_true",
                      help="skip rows already ok in OUT and re-run the rest; takes over the lease of a run that died")
     run.add_argument("--force-unlock", action="store_true",
@@ -143,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a manifest row by row without editing anything")
     validate.add_argument("manifest")
-    validate.add_argument("--quiet", action="store_true", help="print only failing rows and the verdict")
+    validate.add_argument("--verbose", action="store_true", help="print a line for every row, not only the invalid ones")
+    validate.add_argument("--quiet", action="store_true", help="print only invalid rows and the counts (the default)")
     validate.add_argument("--check-images", action="store_true",
                           help="also read and decode every image, reference and mask file (slower)")
     _add_media(validate)
@@ -242,7 +245,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         rows_per_block=args.rows_per_block, progress=not args.quiet,
         progress_interval=args.progress_interval, verbose=args.verbose, force_unlock=args.force_unlock,
-        batch_size=args.batch_size, output_format=args.output_format, **_settings(args),
+        batch_size=args.batch_size, output_format=args.output_format, rows_per_file=args.rows_per_file,
+        **_settings(args),
     )
     print(f"editflow: {summary.rows} rows: {summary.ok} ok, {summary.error} error, "
           f"{summary.missing} missing ({summary.wall_s} s, {args.executor})")
@@ -323,31 +327,20 @@ def cmd_manifest_tryon(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from editflow.media import MediaError, MediaPolicy, check_uri_allowed, decode_image, read_bytes, resolve_uri
+    from editflow.media import MediaPolicy
+    from editflow.validation import validate_manifest
 
     manifest = read_manifest(args.manifest)
     # a manifest read from a URI lets its rows use that scheme (see runners/driver.with_manifest_scheme)
     policy = MediaPolicy(allowed_schemes=frozenset(("file", *args.allow_scheme, storage.scheme(manifest.base_dir))),
                          allow_private_hosts=args.allow_private_hosts, max_pixels=args.max_pixels)
-    bad = 0
-    for raw in manifest.rows():
-        try:
-            row = parse_row(raw)
-            for label, uri in (("image", row.image), ("reference", row.reference), ("mask", row.mask.uri)):
-                if uri:
-                    resolved = resolve_uri(uri, manifest.base_dir)
-                    check_uri_allowed(resolved, policy)
-                    if "://" not in resolved and not Path(resolved).is_file():
-                        raise RowError(f"{label} not found: {resolved}")
-                    if args.check_images:
-                        decode_image(read_bytes(resolved, policy), policy, name=uri)
-        except (RowError, MediaError) as exc:
-            bad += 1
-            print(f"error  {raw['id']}: {exc}")
-            continue
-        if not args.quiet:
-            print(f"ok     {raw['id']}")
+
+    def report(row_id: str, reason: str | None) -> None:
+        print(f"error  {row_id}: {reason}" if reason else f"ok     {row_id}")
+
+    counts = validate_manifest(manifest, policy, check_images=args.check_images, report=report,
+                               verbose=args.verbose and not args.quiet)
     if manifest.extra_columns:
         print(f"note: columns not used by editflow: {', '.join(manifest.extra_columns)}", file=sys.stderr)
-    print(f"{len(manifest) - bad} ok, {bad} invalid of {len(manifest)} rows")
-    return EXIT_ROW_ERRORS if bad else EXIT_OK
+    print(f"{counts.ok} ok, {counts.invalid} invalid of {counts.rows} rows")
+    return EXIT_ROW_ERRORS if counts.invalid else EXIT_OK

@@ -118,9 +118,13 @@ class Lease:
         """Stop the heartbeat and delete the lease if it is still ours."""
         self._stop.set()
         self._thread.join()
-        current = read_lease(self.out_dir)
-        if current is not None and current.token == self.record.token:
-            storage.delete(lease_location(self.out_dir))
+        try:
+            current = read_lease(self.out_dir)
+            if current is not None and current.token == self.record.token:
+                storage.delete(lease_location(self.out_dir))
+        except Exception as exc:  # the run's work is done; a lease left behind only goes stale
+            print(f"editflow: could not release the lease on {self.out_dir} ({exc}); it goes stale "
+                  f"in {STALE_AFTER_S:.0f} s", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "Lease":
         return self

@@ -123,12 +123,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     p = os.fspath(path)
     table = read_table_file(p)
 
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ManifestError(
-            f"manifest {p} is missing required column(s) {', '.join(missing)}; "
-            f"it has: {', '.join(table.column_names) or '(none)'}"
-        )
+    check_required_columns(table.column_names, p)
     extra = [c for c in table.column_names if c not in COLUMNS]
     raw = _to_raw(table)
     _check_ids(raw, p)
@@ -148,6 +143,27 @@ def _read_csv(location: str) -> pa.Table:
 
 
 def _read_jsonl(location: str) -> pa.Table:
+    table = _read_jsonl_strings(location)
+    return table if table is not None else _read_jsonl_cells(location)
+
+
+def _read_jsonl_strings(location: str) -> pa.Table | None:
+    """Arrow's JSON reader, when every cell of the file is a string or null (a catalog's manifest):
+    C++ speed and no Python object per row. None for anything else (numbers, objects, a bad line),
+    which the cell-by-cell reader handles with its own conversions and messages."""
+    import pyarrow.json as pajson
+
+    try:
+        with storage.open_input(location) as stream:
+            table = pajson.read_json(stream)
+    except (pa.ArrowInvalid, OSError, ValueError):
+        return None
+    if not all(pa.types.is_string(t) or pa.types.is_null(t) for t in table.schema.types):
+        return None
+    return table.cast(pa.schema([pa.field(name, pa.string()) for name in table.column_names]))
+
+
+def _read_jsonl_cells(location: str) -> pa.Table:
     rows: list[dict[str, Any]] = []
     with storage.open_input(location) as stream, io.TextIOWrapper(stream, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
@@ -184,21 +200,24 @@ def _to_raw(table: pa.Table) -> pa.Table:
     arrays = []
     for name in COLUMNS:
         if name in table.column_names:
-            column = table.column(name)
-            if not pa.types.is_string(column.type):
-                if pa.types.is_floating(column.type):
-                    # whole floats would print as "30.0"; keep them readable and integral
-                    column = pa.chunked_array([pa.array([_cell_to_str(_tidy_number(v)) for v in column.to_pylist()], pa.string())])
-                else:
-                    try:
-                        column = pc.cast(column, pa.string())
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                        column = pa.chunked_array([pa.array([_cell_to_str(v) for v in column.to_pylist()], pa.string())])
-            column = pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
-            arrays.append(column)
+            arrays.append(raw_column(table.column(name)))
         else:
             arrays.append(pa.nulls(table.num_rows, pa.string()))
     return pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)
+
+
+def raw_column(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """One manifest column as strings (empty strings -> null), whatever type its file gave it."""
+    if not pa.types.is_string(column.type):
+        if pa.types.is_floating(column.type):
+            # whole floats would print as "30.0"; keep them readable and integral
+            column = pa.array([_cell_to_str(_tidy_number(v)) for v in column.to_pylist()], pa.string())
+        else:
+            try:
+                column = pc.cast(column, pa.string())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                column = pa.array([_cell_to_str(v) for v in column.to_pylist()], pa.string())
+    return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
 
 
 def _tidy_number(value: Any) -> Any:
@@ -208,18 +227,30 @@ def _tidy_number(value: Any) -> Any:
 
 
 def _check_ids(table: pa.Table, p: str) -> None:
-    ids = table.column("id").to_pylist()
-    empty = [i + 1 for i, v in enumerate(ids) if v is None or not v.strip()]
-    if empty:
-        raise ManifestError(f"manifest {p}: {len(empty)} row(s) have an empty id (first at row {empty[0]})")
-    seen: dict[str, int] = {}
-    duplicates: list[str] = []
-    for value in ids:
-        seen[value] = seen.get(value, 0) + 1
-        if seen[value] == 2:
-            duplicates.append(value)
-    if duplicates:
-        shown = ", ".join(repr(d) for d in duplicates[:5])
+    check_ids(table.column("id"), p)
+
+
+def check_required_columns(names: list[str], p: str) -> None:
+    """Stop when the manifest lacks a required column."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise ManifestError(
+            f"manifest {p} is missing required column(s) {', '.join(missing)}; "
+            f"it has: {', '.join(names) or '(none)'}"
+        )
+
+
+def check_ids(ids: pa.Array | pa.ChunkedArray, p: str) -> None:
+    """Stop on empty or duplicate ids; vectorised (a hash count), linear in rows."""
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True)
+    empty_count = pc.sum(empty).as_py() or 0
+    if empty_count:
+        first = pc.index(empty, True).as_py()
+        raise ManifestError(f"manifest {p}: {empty_count} row(s) have an empty id (first at row {first + 1})")
+    counts = pc.value_counts(ids)  # in order of first appearance
+    duplicates = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(duplicates):
+        shown = ", ".join(repr(d) for d in duplicates[:5].to_pylist())
         raise ManifestError(f"manifest {p}: duplicate id(s) {shown}" + (" ..." if len(duplicates) > 5 else ""))
 
 

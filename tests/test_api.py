@@ -23,16 +23,16 @@ BOX = "box:20,10,70,50"
 
 def test_edit_takes_a_path_a_pil_image_or_an_array_and_matches_the_cli(tmp_path):
     photo = write_image(tmp_path / "photo.png", width=96, height=64, seed=3)
-    by_path = editflow.edit(photo, mask=BOX, task="repaint", seed=5)
-    by_pil = editflow.edit(Image.open(photo), mask=BOX, task="repaint", seed=5)
-    by_array = editflow.edit(np.asarray(Image.open(photo)), mask=BOX, task="repaint", seed=5)
+    by_path = editflow.edit(photo, mask=BOX, engine="opencv", seed=5)  # opencv: fast; the stages are the point
+    by_pil = editflow.edit(Image.open(photo), mask=BOX, engine="opencv", seed=5)
+    by_array = editflow.edit(np.asarray(Image.open(photo)), mask=BOX, engine="opencv", seed=5)
     assert by_path.image.size == (96, 64) and by_path.image.mode == "RGB"
     for other in (by_pil, by_array):
         assert np.array_equal(np.asarray(other.image), np.asarray(by_path.image))
         assert np.array_equal(np.asarray(other.mask), np.asarray(by_path.mask))
     info = by_path.info
-    assert info["status"] == "ok" and info["engine"] == "builtin" and info["task"] == "repaint"
-    assert info["seed"] == 5 and info["unmasked_max_diff"] == 0 and info["nfe"] > 0
+    assert info["status"] == "ok" and info["engine"] == "opencv" and info["task"] == "inpaint"
+    assert info["seed"] == 5 and info["unmasked_max_diff"] == 0 and info["mask_area"] > 0
     assert np.asarray(by_path.mask)[30, 40] == 255 and np.asarray(by_path.mask)[5, 5] == 0
     original = np.asarray(Image.open(photo).convert("RGB"))
     edited = np.asarray(by_path.image)
@@ -40,7 +40,7 @@ def test_edit_takes_a_path_a_pil_image_or_an_array_and_matches_the_cli(tmp_path)
     assert np.array_equal(edited[:10], original[:10])  # and nothing outside it
 
     out = tmp_path / "cli.png"
-    assert cli.main(["edit", str(photo), "--mask", BOX, "--task", "repaint", "--seed", "5", "-o", str(out)]) == 0
+    assert cli.main(["edit", str(photo), "--mask", BOX, "--engine", "opencv", "--seed", "5", "-o", str(out)]) == 0
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), edited)
     saved = by_path.save(tmp_path / "api.png")  # through the run's write stage: editflow's metadata
     assert json.loads(Image.open(saved).info["editflow"])["seed"] == 5
@@ -51,11 +51,11 @@ def test_mask_may_be_an_array_a_pil_image_or_a_file(tmp_path):
     photo = textured_image(96, 64, seed=4)
     hand = np.zeros((64, 96), bool)
     hand[10:50, 20:70] = True
-    by_spec = editflow.edit(photo, mask=BOX, task="repaint", seed=1)
-    by_bool = editflow.edit(photo, mask=hand, task="repaint", seed=1)
-    by_pil = editflow.edit(photo, mask=Image.fromarray(hand.astype(np.uint8) * 255), task="repaint", seed=1)
+    by_spec = editflow.edit(photo, mask=BOX, engine="opencv")
+    by_bool = editflow.edit(photo, mask=hand, engine="opencv")
+    by_pil = editflow.edit(photo, mask=Image.fromarray(hand.astype(np.uint8) * 255), engine="opencv")
     Image.fromarray(hand.astype(np.uint8) * 255).save(tmp_path / "m.png")
-    by_file = editflow.edit(photo, mask=tmp_path / "m.png", task="repaint", seed=1)
+    by_file = editflow.edit(photo, mask=tmp_path / "m.png", engine="opencv")
     for other in (by_bool, by_pil, by_file):
         assert np.array_equal(np.asarray(other.mask), np.asarray(by_spec.mask))
         assert np.array_equal(np.asarray(other.image), np.asarray(by_spec.image))
@@ -64,7 +64,7 @@ def test_mask_may_be_an_array_a_pil_image_or_a_file(tmp_path):
 def test_make_mask_is_the_mask_an_edit_uses(tmp_path):
     photo = textured_image(96, 64, seed=6)
     mask = editflow.make_mask(photo, BOX, mask_grow=3)
-    edited = editflow.edit(photo, mask=BOX, task="repaint", mask_grow=3, seed=2)
+    edited = editflow.edit(photo, mask=BOX, engine="opencv", mask_grow=3)
     assert mask.mode == "L" and mask.size == (96, 64)
     assert np.array_equal(np.asarray(mask), np.asarray(edited.mask))
     assert np.asarray(mask)[8, 18] == 255  # grown by 3 px beyond the box

@@ -481,3 +481,6 @@ def test_tryon_rows_through_a_local_run(tmp_path, tiny_models, tiny_ip_adapter, 
         assert got[rid]["unmasked_max_diff"] == 0
     assert [got[r]["reference_cached"] for r in ("ip-0", "ip-1")] == [False, True]
     assert [got[r]["reference_cached"] for r in ("cat-0", "cat-1")] == [False, True]
+    # the adapter a row ran with is recorded (the tiny folder holds only the plain adapter)
+    assert got["ip-0"]["adapter"].startswith("ip-adapter ") and "ip-adapter_sd15.safetensors" in got["ip-0"]["adapter"]
+    assert got["cat-0"]["adapter"] is None

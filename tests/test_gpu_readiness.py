@@ -413,7 +413,7 @@ def test_engines_of_one_model_share_one_pipeline_and_keep_their_bytes(tmp_path, 
         return r
 
     params = '{"ip_adapter": "%s"}' % tiny_ip_adapter
-    rows = stage([row("a", "repaint", "sd"), row("b", "tryon", "sd-ipadapter", category="upper", params=params),
+    rows = stage([row("a", "repaint", "sd"), row("b", "tryon", "sd-ipadapter", category="upper", reference="g.png", params=params),
                   row("c", "repaint", "sd")])
     assert [r["status"] for r in rows] == ["ok"] * 3, [r.get("error_message") for r in rows]
     (alone,) = ok(SDEngine.from_pretrained(model=model, device="cpu").edit_batch([request("repaint", seed=4, prompt="a cat")]))
@@ -432,7 +432,7 @@ def test_run_config_switches_reach_the_engine(tmp_path, tiny_models, monkeypatch
 
     monkeypatch.setenv("EDITFLOW_MICRO_BATCH", "3")
     args = cli.build_parser().parse_args(["run", "m.jsonl", "-o", str(tmp_path), "--dtype", "bf16", "--vae-tiling"])
-    config = cli._config(args, str(tmp_path), str(tmp_path))
+    config = RunConfig(out_dir=str(tmp_path), **cli._settings(args))
     assert config.engine_options() == {"dtype": "bf16", "vae_tiling": True, "micro_batch": 3}
     monkeypatch.delenv("EDITFLOW_MICRO_BATCH")
     config = pickle.loads(pickle.dumps(config))  # what a Ray actor receives

@@ -142,24 +142,25 @@ def test_interrupted_run_then_resume_gives_each_id_exactly_once(tmp_path, photo_
              "mask": "box:5,5,30,30" if i != 3 else "box:1,2"} for i in range(7)]
     manifest = write_jsonl(photo_dir / "m.jsonl", rows)
     out = tmp_path / "out"
-    real_write = local_runner.write_result_file
+    real_stages = local_runner.run_stages
     calls = {"n": 0}
 
-    def write_then_die(*args, **kwargs):
+    def stages_then_die(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-run
-        return real_write(*args, **kwargs)
+        return real_stages(*args, **kwargs)
 
-    monkeypatch.setattr(local_runner, "write_result_file", write_then_die)
-    monkeypatch.setattr(local_runner.run_local, "__defaults__", (2, None))  # 2 rows per chunk
+    monkeypatch.setattr(local_runner, "run_stages", stages_then_die)
+    # 2 rows per chunk, 1000 rows per result file: the interrupt itself writes the 4 finished rows
+    monkeypatch.setattr(local_runner.run_local, "__defaults__", (2, None, 1000, 60.0))
     assert cli.main(["run", str(manifest), "-o", str(out), "--executor", "local", "--quiet"]) == 1
-    assert len(all_result_rows(out)) == 4
+    assert len(all_result_rows(out)) == 4 and len(list((out / "results").glob("*.parquet"))) == 1
     # a run without --resume refuses to mix into the folder
     assert cli.main(["run", str(manifest), "-o", str(out), "--executor", "local", "--quiet"]) == 1
     # a torn result file (as a killed Ray writer can leave) is set aside, not trusted
     (out / "results" / "torn.parquet").write_bytes(b"PAR1 truncated")
-    monkeypatch.setattr(local_runner, "write_result_file", real_write)
+    monkeypatch.setattr(local_runner, "run_stages", real_stages)
     assert cli.main(["run", str(manifest), "-o", str(out), "--executor", "local", "--quiet", "--resume"]) == 2
     ids = [r["id"] for r in all_result_rows(out)]
     assert sorted(ids) == [f"r{i}" for i in range(7)], "each id exactly once"
@@ -168,15 +169,15 @@ def test_interrupted_run_then_resume_gives_each_id_exactly_once(tmp_path, photo_
     assert scan.ok_ids() == {f"r{i}" for i in range(7)} - {"r3"}
 
 
-def test_validate_prints_a_verdict_per_row(tmp_path, mixed_manifest, capsys):
-    assert cli.main(["validate", str(mixed_manifest)]) == 2
+def test_validate_prints_invalid_rows_or_every_row_with_verbose(tmp_path, mixed_manifest, capsys):
+    assert cli.main(["validate", "--verbose", str(mixed_manifest)]) == 2
     text = capsys.readouterr().out
     assert "ok     good-a" in text
     assert "error  missing: image not found" in text
     assert "error  strength: strength must be in (0, 1]" in text
     assert "error  link-local: URL scheme 'http' is not allowed" in text
     assert "8 ok, 5 invalid of 13 rows" in text
-    assert cli.main(["validate", "--check-images", "--quiet", str(mixed_manifest)]) == 2
+    assert cli.main(["validate", "--check-images", str(mixed_manifest)]) == 2  # invalid rows only, by default
     text = capsys.readouterr().out
     assert "error  bomb:" in text and "error  corrupt:" in text and "error  zero-bytes:" in text
     assert "ok     good-a" not in text and "5 ok, 8 invalid of 13 rows" in text

@@ -53,6 +53,11 @@ def put_manifest(bucket: str, rows: int, *, images: int = 8) -> str:
     return f"{bucket}/in/m.parquet"
 
 
+def raw_result_rows_of(location: str) -> list[dict]:
+    filesystem, path = storage.resolve(location)
+    return pq.read_table(path, filesystem=filesystem).to_pylist()
+
+
 def raw_result_rows(out: str) -> list[dict]:
     """Every row of every result file on S3, without deduplication."""
     rows = []
@@ -116,27 +121,41 @@ def test_ray_executor_runs_from_s3_to_s3_with_the_same_bytes(s3_bucket):
     assert ray_rows == local_rows
     summary = read_summary(ray_out)
     assert summary["status"]["ok"] == 24 and summary["executor"] == "ray"
+    # bookkeeping lost (two result files gone, as a kill mid-write leaves) plus a torn file: --resume
+    # on Ray re-runs exactly the ids without a result row and rewrites their images under the same keys
+    files = storage.list_files(results_dir(ray_out), ".parquet")
+    lost = [r for f in files[:2] for r in raw_result_rows_of(f)]
+    for location in files[:2]:
+        storage.delete(location)
+    storage.write_bytes(storage.join(results_dir(ray_out), "torn.parquet"), b"PAR1 torn")
+    images_before = {location for location in storage.list_files(storage.join(ray_out, "images"))}
+    assert cli.main(["run", manifest, "-o", ray_out, "--executor", "ray", "--quiet", "--resume",
+                     "--rows-per-block", "4", "--batch-size", "2"]) == 0
+    assert {r["id"]: r["output_sha256"] for r in check_exactly_once(ray_out, ids)} == local_rows
+    assert set(storage.list_files(storage.join(ray_out, "images"))) == images_before, "no second copy"
+    summary = read_summary(ray_out)
+    assert summary["rows_this_run"] == len(lost) and summary["resumed_ok_rows"] == 24 - len(lost)
 
 
 def test_resume_on_s3_gives_each_id_exactly_once(s3_bucket, monkeypatch):
     manifest = put_manifest(s3_bucket, 10)
     out = f"{s3_bucket}/out"
-    real_write = local_runner.write_result_file
+    real_stages = local_runner.run_stages
     calls = {"n": 0}
 
-    def write_then_die(*args, **kwargs):
+    def stages_then_die(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_write(*args, **kwargs)
+        return real_stages(*args, **kwargs)
 
-    monkeypatch.setattr(local_runner, "write_result_file", write_then_die)
-    monkeypatch.setattr(local_runner.run_local, "__defaults__", (3, None))  # 3 rows per chunk
+    monkeypatch.setattr(local_runner, "run_stages", stages_then_die)
+    monkeypatch.setattr(local_runner.run_local, "__defaults__", (3, None, 3, 60.0))  # 3 rows per chunk and file
     assert cli.main(["run", manifest, "-o", out, "--executor", "local", "--quiet"]) == 1
     assert len(raw_result_rows(out)) == 6
     assert cli.main(["run", manifest, "-o", out, "--executor", "local", "--quiet"]) == 1  # no mixing without --resume
     storage.write_bytes(storage.join(results_dir(out), "torn.parquet"), b"PAR1 truncated")
-    monkeypatch.setattr(local_runner, "write_result_file", real_write)
+    monkeypatch.setattr(local_runner, "run_stages", real_stages)
     assert cli.main(["run", manifest, "-o", out, "--executor", "local", "--quiet", "--resume"]) == 0
     check_exactly_once(out, [f"row-{i:05d}" for i in range(10)])
     assert storage.is_file(storage.join(results_dir(out), "_unreadable", "torn.parquet"))
@@ -155,7 +174,8 @@ def test_driver_killed_mid_run_on_s3_then_resume_gives_each_id_exactly_once(s3_b
     rows = 300
     manifest = put_manifest(s3_bucket, rows)
     out = f"{s3_bucket}/out"
-    command = [sys.executable, "-m", "editflow", "run", manifest, "-o", out, "--executor", "local", "--quiet"]
+    command = [sys.executable, "-m", "editflow", "run", manifest, "-o", out, "--executor", "local", "--quiet",
+               "--rows-per-file", "50"]
     proc = subprocess.Popen(command, env=_env_for_subprocess(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while len(storage.list_files(results_dir(out), ".parquet")) < 2:  # killed with work done and work left

@@ -54,7 +54,11 @@ def load_controlnet(spec: str, dtype: Any, device: str) -> Any:
         raise ModelNotAvailableError(
             f"ControlNet {spec!r} not available ({why}): give params.controlnet as a local diffusers ControlNetModel "
             f"folder or a hub id cached in {hub_cache_dir()} [{type(exc).__name__}: {str(exc)[:200]}]") from exc
-    return model.to(device).eval()
+    from editflow.engines.device import freeze
+
+    model = model.to(device)
+    freeze(model)
+    return model
 
 
 def draw_face_mesh(points: np.ndarray, size: int) -> np.ndarray:

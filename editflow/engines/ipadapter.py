@@ -5,7 +5,7 @@ What is loaded, and from where (row ``params`` first, then engine options, then 
 | key | default | meaning |
 |---|---|---|
 | ``ip_adapter`` | ``h94/IP-Adapter`` | hub id (``org/name[@rev]``), a local folder, or a ``.safetensors`` file |
-| ``ip_adapter_weight`` | ``models/ip-adapter_sd15.safetensors`` | the weight file inside the repo / folder |
+| ``ip_adapter_weight`` | ``models/ip-adapter_sd15.safetensors`` (try-on: ``models/ip-adapter-plus_sd15.safetensors`` when present locally) | the weight file inside the repo / folder |
 | ``image_encoder`` | ``models/image_encoder`` next to the weights | CLIP vision folder (``config.json``), hub id, or a subfolder of the IP-Adapter repo |
 | ``ip_adapter_scale`` | 0.7 | strength of the image prompt (diffusers' ``set_ip_adapter_scale``) |
 
@@ -471,9 +471,10 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
             image = torch.cat([image, image])
         if int(net.config.in_channels) != x.shape[1]:  # an SD ControlNet beside an inpainting UNet: the latents only
             x = x[:, : int(net.config.in_channels)]
-        down, mid = net(x.to(device=net.device, dtype=net.dtype), ts.to(net.device),
-                        encoder_hidden_states=states.to(device=net.device, dtype=net.dtype),
-                        controlnet_cond=image.to(device=net.device, dtype=net.dtype),
+        device = execution_device(net)
+        down, mid = net(x.to(device=device, dtype=net.dtype), ts.to(device),
+                        encoder_hidden_states=states.to(device=device, dtype=net.dtype),
+                        controlnet_cond=image.to(device=device, dtype=net.dtype),
                         conditioning_scale=float(condition.control_scale), return_dict=False)
         return {"down_block_additional_residuals": [d.to(self.unet.dtype) for d in down],
                 "mid_block_additional_residual": mid.to(self.unet.dtype)}

@@ -1,28 +1,44 @@
 """The Ray Data runner: the same stages, spread over a cluster (or an embedded local one).
 
-Plan: manifest rows -> small blocks (a block is Ray's unit of failure and retry, so one bad block
-never takes many rows with it) -> prepare (CPU tasks: decode, so a poison image never kills a model
-actor) -> mask + edit (an actor pool; models load once per actor) -> write (CPU tasks: images
-written by the stage, metadata by `write_parquet`). With no RAY_ADDRESS an embedded local cluster
-is started; inside `ray job submit` (RAY_ADDRESS set) the job connects to its cluster.
+Plan: the manifest file -> Ray Data's own reader (read_parquet / read_csv / read_text, on the
+workers; the driver holds only the ids it checked) -> every cell cast to a string (RAW_SCHEMA), rows
+already ok in OUT dropped (resume) -> prepare (CPU tasks: decode, so a poison image never kills a
+model actor) -> [mask: CPU actors, when the edit actors hold GPUs] -> edit (an actor pool; models
+load once per actor; see runners/placement.py) -> write (CPU tasks: images
+by the stage, durable per batch) -> `write_parquet` with at least `FILE_ROWS` rows per result file.
+With no RAY_ADDRESS an embedded local cluster is started; inside `ray job submit` (RAY_ADDRESS set)
+the job connects to its cluster.
+
+Progress comes from the write tasks: each reports its finished rows to a small counter actor,
+which the driver polls.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from editflow import logs, storage
 from editflow.config import RunConfig
-from editflow.manifest import RAW_SCHEMA
+from editflow.manifest import COLUMNS, RAW_SCHEMA, _cell_to_str, _to_raw
+from editflow.manifest_index import ManifestIndex
+from editflow.progress import ProgressFn
 from editflow.results import RESULT_SCHEMA, results_dir, to_result_table
+from editflow.runners.local import FILE_ROWS
 from editflow.runners.payload import rows_to_table, table_to_rows
 from editflow.runners.placement import Placement, local_device, plan_placement
 from editflow.runners.stages import EditStage, MaskStage, PrepareStage, WriteStage, close_stages, new_row
+
+POLL_S = 0.5
 
 
 @dataclass
@@ -34,6 +50,23 @@ class RayOptions:
     num_cpus: int | None = None  # embedded cluster only
     #: GPUs per edit actor for diffusers engines (fractions share a GPU); 0 = never ask for GPUs
     gpus_per_worker: float | None = None
+    file_rows: int = FILE_ROWS  # least rows per result file (the last files of a run may hold fewer)
+
+
+def to_raw_batch(batch: pa.Table, fmt: str, done: list) -> pa.Table:
+    """A block as read -> RAW_SCHEMA strings, minus the rows already ok (resume)."""
+    if fmt == "jsonl":
+        records = [json.loads(line) for line in batch.column("text").to_pylist()]
+        raw = pa.table({name: pa.array([_cell_to_str(r.get(name)) for r in records], pa.string())
+                        for name in COLUMNS}, schema=RAW_SCHEMA)
+    else:
+        raw = _to_raw(batch)
+    if done and done[0] is not None:
+        import ray
+
+        done_ids = ray.get(done[0])  # a shared Arrow array; each worker reads it from the object store
+        raw = raw.filter(pc.invert(pc.is_in(raw.column("id"), value_set=done_ids)))
+    return raw
 
 
 def prepare_batch(batch: pa.Table, config: RunConfig) -> pa.Table:
@@ -70,8 +103,29 @@ class MaskActor:
         close_stages([self.mask, self.edit])
 
 
-def write_batch(batch: pa.Table, config: RunConfig) -> pa.Table:
-    return to_result_table(WriteStage(config)(table_to_rows(batch)))
+def write_batch(batch: pa.Table, config: RunConfig, counter: Any = None) -> pa.Table:
+    table = to_result_table(WriteStage(config)(table_to_rows(batch)))
+    if counter is not None:  # waited for, so the count is complete when the last write returns
+        import ray
+
+        ok = pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0
+        ray.get(counter.add.remote(table.num_rows, ok))
+    return table
+
+
+class ProgressCounter:
+    """Rows finished by the write tasks (a Ray actor with no CPU of its own)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.ok = 0
+
+    def add(self, done: int, ok: int) -> None:
+        self.done += done
+        self.ok += ok
+
+    def get(self) -> tuple[int, int]:
+        return self.done, self.ok
 
 
 def init_ray(options: RayOptions) -> bool:
@@ -92,8 +146,36 @@ def init_ray(options: RayOptions) -> bool:
     return True
 
 
-def run_ray(raw_table: pa.Table, config: RunConfig, options: RayOptions) -> dict[str, Any]:
-    """Edit every row of `raw_table` (RAW_SCHEMA) on Ray; result files land in OUT/results."""
+def read_manifest_dataset(source: ManifestIndex | pa.Table, done_ref: Any):
+    """The manifest as a Ray Dataset of RAW_SCHEMA rows, read on the workers; ok rows left out."""
+    import ray
+
+    if isinstance(source, pa.Table):  # an in-memory manifest (API callers): already on the driver
+        ds, fmt = ray.data.from_arrow(source), "arrow"
+    else:
+        fs, inner = storage.resolve(source.path)
+        fmt = source.format
+        if fmt == "parquet":
+            ds = ray.data.read_parquet(inner, filesystem=fs, file_extensions=None)
+        elif fmt == "csv":  # every cell a string, so a wrongly typed cell is its row's error
+            convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in source.columns},
+                                           strings_can_be_null=True, null_values=[""])
+            ds = ray.data.read_csv(inner, filesystem=fs, convert_options=convert, file_extensions=None)
+        else:  # JSON lines parsed on the workers, cell by cell, like the local reader
+            ds = ray.data.read_text(inner, filesystem=fs, drop_empty_lines=True)
+    return ds.map_batches(to_raw_batch, fn_kwargs={"fmt": fmt, "done": [done_ref]}, batch_format="pyarrow",
+                          batch_size=None, zero_copy_batch=True)
+
+
+def run_ray(
+    source: ManifestIndex | pa.Table,
+    config: RunConfig,
+    options: RayOptions,
+    rows_total: int | None = None,
+    done_ids: pa.Array | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Edit every row of `source` (a checked manifest file, or a RAW_SCHEMA table) not in `done_ids`."""
     import ray
 
     started = time.perf_counter()
@@ -105,11 +187,17 @@ def run_ray(raw_table: pa.Table, config: RunConfig, options: RayOptions) -> dict
         context.enable_progress_bars = False  # editflow's own bar counts rows (editflow.progress)
         context.max_errored_blocks = 0  # rows are never silently dropped; errors are per row
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        placement = plan_for(raw_table, config, options, gpus, embedded=owns_cluster)
-        ds = build_dataset(raw_table, config, options, placement)
+        placement = plan_for(source, config, options, gpus, embedded=owns_cluster)
+        total = rows_total if rows_total is not None else (
+            source.num_rows if isinstance(source, pa.Table) else len(source))
+        done_ref = ray.put(done_ids) if done_ids is not None and len(done_ids) else None
+        counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        ds = build_dataset(source, config, options, placement, done_ref, counter)
         storage.makedirs(results_dir(config.out_dir))
         filesystem, path = storage.resolve(results_dir(config.out_dir))  # OUT may be any storage URI
-        ds.write_parquet(path, filesystem=filesystem, schema=RESULT_SCHEMA)
+        write = _in_background(ds.write_parquet, path, filesystem=filesystem, schema=RESULT_SCHEMA,
+                               min_rows_per_file=max(1, options.file_rows))
+        _report(write, counter, total, progress)
         return {"ray_init_s": round(init_s, 3), "ray_workers": placement.workers, "ray_gpus": gpus,
                 "ray_gpus_per_worker": placement.num_gpus}
     finally:
@@ -117,35 +205,37 @@ def run_ray(raw_table: pa.Table, config: RunConfig, options: RayOptions) -> dict
             ray.shutdown()
 
 
-def row_engines(raw_table: pa.Table, config: RunConfig) -> set[str]:
+def row_engines(source: ManifestIndex | pa.Table, config: RunConfig) -> set[str]:
     """The engine names the rows use (the run's default where a row names none)."""
-    import pyarrow.compute as pc
-
-    if "engine" not in raw_table.column_names:
+    if isinstance(source, ManifestIndex):
+        names = list(source.engines)
+    elif "engine" not in source.column_names:
         return {config.engine}
-    names = pc.unique(raw_table.column("engine")).to_pylist()
-    return {str(n).strip() if n not in (None, "") else config.engine for n in names}
+    else:
+        names = pc.unique(source.column("engine")).to_pylist()
+    return {str(n).strip() if n not in (None, "") else config.engine for n in names} or {config.engine}
 
 
-def plan_for(raw_table: pa.Table, config: RunConfig, options: RayOptions, cluster_gpus: float,
+def plan_for(source: ManifestIndex | pa.Table, config: RunConfig, options: RayOptions, cluster_gpus: float,
              embedded: bool) -> Placement:
-    return plan_placement(row_engines(raw_table, config), config.device, config.batch_size, cluster_gpus,
+    return plan_placement(row_engines(source, config), config.device, config.batch_size, cluster_gpus,
                           embedded, options.workers, options.gpus_per_worker, sam=bool(config.sam_checkpoint))
 
 
-def build_dataset(raw_table: pa.Table, config: RunConfig, options: RayOptions, placement: Placement) -> Any:
-    """The lazy Ray Data plan: prepare -> [mask] -> edit -> write (nothing runs until it is consumed)."""
+def build_dataset(source: ManifestIndex | pa.Table, config: RunConfig, options: RayOptions, placement: Placement,
+                  done_ref: Any = None, counter: Any = None) -> Any:
+    """The lazy Ray Data plan: read -> prepare -> [mask] -> edit -> write (nothing runs until it is consumed)."""
     import ray
 
-    ds = ray.data.from_arrow(raw_table.cast(RAW_SCHEMA))
-    ds = ds.repartition(target_num_rows_per_block=max(1, options.rows_per_block))
+    rows_per_block = max(1, options.rows_per_block)
+    ds = read_manifest_dataset(source, done_ref)
     ds = ds.map_batches(prepare_batch, fn_kwargs={"config": config}, batch_format="pyarrow",
-                        batch_size=options.rows_per_block, num_cpus=0.5)
+                        batch_size=rows_per_block, num_cpus=0.5)
     if placement.separate_masks:  # CPU work apart from the GPU actors
         ds = ds.map_batches(
             MaskActor, fn_constructor_kwargs={"config": config}, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, 2 * placement.workers)),
-            batch_size=options.rows_per_block, num_cpus=1,
+            batch_size=rows_per_block, num_cpus=1,
         )
     # GPU actors take a window of rows per call; the engine groups it by size and settings
     edit_config = replace(config, batch_size=placement.window) if placement.uses_gpu else config
@@ -154,5 +244,37 @@ def build_dataset(raw_table: pa.Table, config: RunConfig, options: RayOptions, p
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=placement.workers),
         batch_size=placement.window, num_gpus=placement.num_gpus, num_cpus=1,
     )
-    return ds.map_batches(write_batch, fn_kwargs={"config": config}, batch_format="pyarrow",
-                          batch_size=options.rows_per_block, num_cpus=0.5)
+    return ds.map_batches(write_batch, fn_kwargs={"config": config, "counter": counter}, batch_format="pyarrow",
+                          batch_size=rows_per_block, num_cpus=0.5)
+
+
+def _in_background(function, *args, **kwargs) -> Future:
+    """Run `function` in a daemon thread (Ctrl-C in the main thread is never held up by it)."""
+    future: Future = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as exc:  # handed to the main thread by future.result()
+            future.set_exception(exc)
+
+    threading.Thread(target=target, name="editflow-write", daemon=True).start()
+    return future
+
+
+def _report(write: Future, counter: Any, total: int, progress: ProgressFn | None) -> None:
+    """Feed `progress` from the counter actor until the write finishes (its errors re-raised)."""
+    import ray
+
+    last = None
+    while True:
+        finished = bool(wait([write], timeout=POLL_S).done)
+        if progress is not None:
+            done, ok = ray.get(counter.get.remote())
+            done, ok = min(done, total), min(ok, total)  # a retried block counts twice
+            if (done, ok) != last:
+                progress(done, total, ok, done - ok)
+                last = (done, ok)
+        if finished:
+            write.result()
+            return

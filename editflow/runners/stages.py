@@ -16,6 +16,7 @@ import socket
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,12 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@lru_cache(maxsize=None)
+def worker_name(pid: int) -> str:
+    """host:pid of this process, computed once per process (keyed by pid so a fork recomputes it)."""
+    return f"{socket.gethostname()}:{pid}"
+
+
 def new_row(raw: dict[str, Any], run_id: str) -> Row:
     """The starting state of a row: its raw manifest cells and identity columns."""
     return {
@@ -61,7 +68,7 @@ def new_row(raw: dict[str, Any], run_id: str) -> Row:
         "run_id": run_id,
         "attempt": 1,
         "editflow_version": __version__,
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "worker": worker_name(os.getpid()),
         "started_at": now_utc(),
     }
 
@@ -81,7 +88,11 @@ def mark_error(row: Row, stage: str, exc: BaseException) -> None:
 
 
 def _parsed(row: Row) -> EditRow:
-    return parse_row(row["manifest"])
+    """The row's typed manifest cells, parsed once per row and process (kept under "_edit")."""
+    edit = row.get("_edit")
+    if edit is None:
+        edit = row["_edit"] = parse_row(row["manifest"])
+    return edit
 
 
 class Stage(ABC):
@@ -302,7 +313,11 @@ class EditStage(Stage):
 
 
 class WriteStage(Stage):
-    """Encode and atomically write the output image and its mask inside OUT; finish the row."""
+    """Encode and atomically write the output image and its mask inside OUT; finish the row.
+
+    Files of a batch are made durable together (one round of fsyncs per batch), before any
+    result row names them.
+    """
 
     name = "write"
 
@@ -313,13 +328,26 @@ class WriteStage(Stage):
         storage.makedirs(self.images)
         if config.write_masks:
             storage.makedirs(self.masks)
+        self._written: list[str] = []
 
     def __call__(self, rows: list[Row]) -> list[Row]:
+        self._written = []
         rows = super().__call__(rows)
+        try:
+            storage.sync_files(self._written)
+        except OSError as exc:  # a file that cannot be made durable is not reported as done
+            for row in rows:
+                if row["status"] == "ok":
+                    mark_error(row, self.name, exc)
         for row in rows:  # nothing in flight leaves the pipeline
-            for key in PAYLOAD_KEYS:
+            for key in (*PAYLOAD_KEYS, "_edit"):
                 row.pop(key, None)
         return rows
+
+    def _write(self, folder: str, name: str, data: bytes) -> None:
+        location = storage.child(folder, name)
+        storage.write_bytes(location, data, durable=False)  # made durable per batch in __call__
+        self._written.append(location)
 
     def process_row(self, row: Row) -> None:
         started = time.perf_counter()
@@ -327,13 +355,12 @@ class WriteStage(Stage):
         name = safe_output_name(row["id"], "." + ("jpg" if fmt == "jpeg" else fmt))
         data = encode_image(row["_output"], fmt, metadata={"editflow": json.dumps(_parameters(row), sort_keys=True)},
                             parameters=format_infotext(row), icc_profile=row.get("_icc"), quality=self.config.quality)
-        storage.write_bytes(storage.child(self.images, name), data)
+        self._write(self.images, name, data)
         row["output"] = f"images/{name}"
         row["output_sha256"] = sha256_hex(data)
         if self.config.write_masks:
             mask_name = safe_output_name(row["id"], ".png")
-            mask_bytes = encode_image(np.rint(row["_mask"] * 255).astype(np.uint8), "png")
-            storage.write_bytes(storage.child(self.masks, mask_name), mask_bytes)
+            self._write(self.masks, mask_name, encode_image(np.rint(row["_mask"] * 255).astype(np.uint8), "png"))
             row["mask_output"] = f"masks/{mask_name}"
         row["t_write_s"] = time.perf_counter() - started
         row["finished_at"] = now_utc()
@@ -377,7 +404,9 @@ def _pin_cpu_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+@lru_cache(maxsize=None)
 def _version(package: str) -> str | None:
+    """An installed package's version, looked up once per process (importlib.metadata scans sys.path)."""
     try:
         from importlib.metadata import version
 
