@@ -1,6 +1,6 @@
 """Scale figures in one run: bookkeeping at 1e5 and 1e6 rows, and end-to-end rows/s on 32 px images.
 
-    python bench/bench_scale.py [--rows 20000] [--bookkeeping 100000,1000000] [--workers 2] [--skip-e2e]
+    python -m bench.bench_scale [--rows 20000] [--bookkeeping 100000,1000000] [--workers 2] [--skip-e2e]
 
 Bookkeeping (each measured in its own subprocess, so its peak RSS is its own):
   - manifest read + validate (a try-on catalog manifest, JSONL and Parquet; images exist, not decoded)
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 GARMENTS = 1000
 IMAGES = 16

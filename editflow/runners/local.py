@@ -17,7 +17,9 @@ import pyarrow as pa
 from editflow.config import RunConfig
 from editflow.progress import ProgressFn
 from editflow.results import write_result_file
-from editflow.runners.stages import EditStage, MaskStage, PrepareStage, Row, WriteStage, new_row, run_stages
+from editflow.runners.stages import (
+    EditStage, MaskStage, PrepareStage, Row, WriteStage, close_stages, new_row, run_stages,
+)
 
 FILE_ROWS = 1000
 FILE_SECONDS = 60.0
@@ -61,7 +63,8 @@ def run_local(
                 buffer, last_write = [], time.monotonic()
             if progress:
                 progress(done, total, ok, done - ok)
-    finally:  # also on Ctrl-C: finished rows are kept
+    finally:  # also on Ctrl-C: finished rows are kept, and the stages free their models
         if buffer:
             write_result_file(config.out_dir, buffer, config.run_id)
+        close_stages(stages)
 
