@@ -12,7 +12,7 @@ subprocess with it first on PYTHONPATH), each revision's own masks and engine:
   revisions get the same reference), mask `face:lips+eyes+eyeshadow+brows`; columns: reference |
   before | after, then the eyes zoomed 3x (target | before | after).
 
-Prints, per revision: try-on — the share of the mask that turned garment-blue, how much of the mask
+Prints, per revision: try-on — seconds per row (`fit` box, then the default),  the share of the mask that turned garment-blue, how much of the mask
 lies above the shoulders (hair, neck) and beside the torso; makeup — the largest and mean change of
 the eyeball pixels (this checkout's `eye_opening`), the eyeshadow's and lips' (a, b) distance to
 the reference's.
@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -81,11 +82,17 @@ def render(folder: Path, seed: int) -> None:
     person, garment = _rgb(ASSETS / "astronaut.png"), _rgb(ASSETS / "garment_tshirt_checked.png")
     mask = masker.make(parse_mask_spec("garment:upper"), person, MaskContext(image_key="person"))
     tryon = get_engine_class("builtin", "tryon")()
-    result = tryon.edit_batch([EditRequest(id="t", task="tryon", image=person, mask=mask, seed=seed,
-                                           reference=garment, category="upper", reference_key="g",
-                                           image_key="person")])[0]
-    if isinstance(result, Exception):
-        raise result
+    seconds = {}
+    for fit in ("box", "pose"):  # `fit` is this issue's param: an older engine ignores it
+        started = time.perf_counter()
+        result = tryon.edit_batch([EditRequest(id="t", task="tryon", image=person, mask=mask, seed=seed,
+                                               reference=garment, category="upper", reference_key="g",
+                                               image_key="person", params={"fit": fit})])[0]
+        seconds[fit] = time.perf_counter() - started
+        if isinstance(result, Exception):
+            raise result
+    print(f"{folder.name:7s} try-on seconds per row: params.fit box {seconds['box']:.1f}, "
+          f"default (pose) {seconds['pose']:.1f} (the first call also prepares the garment)")
     np.save(folder / "tryon_mask.npy", mask)
     np.save(folder / "tryon.npy", composite_unmasked(person, result.image, mask))
 

@@ -108,7 +108,9 @@ def library_logs(path: str | os.PathLike | None, verbose: bool = False) -> Itera
             _current = previous
         return
     log_path = Path(path) if path is not None else default_log_path(None)
+    created = [folder for folder in (log_path.parent, *log_path.parent.parents) if not folder.exists()]
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not log_path.exists()  # only a file this command made may be removed when empty
     log_file = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -141,15 +143,17 @@ def library_logs(path: str | os.PathLike | None, verbose: bool = False) -> Itera
         root.setLevel(previous_level)
         console.flush()
         log_file.flush()
+        written = os.fstat(log_file.fileno()).st_size
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
         sys.stderr = previous_stderr
         if owns_console:
             console.close()
         log_file.close()
-        if log_path.stat().st_size:
+        if written:
             print(f"editflow: library logs (MediaPipe, Ray, ...) in {log_path}; -v shows them live", file=sys.stderr)
-        else:
-            with contextlib.suppress(OSError):
+        elif new_file:
+            with contextlib.suppress(OSError):  # leave no trace: a run that failed to start made no OUT
                 log_path.unlink()
-                log_path.parent.rmdir()  # only when empty
+                for folder in created:  # innermost first; only while empty
+                    folder.rmdir()

@@ -203,17 +203,13 @@ def _read_local(path: str, policy: MediaPolicy) -> bytes:
 
 
 def _read_remote(uri: str, policy: MediaPolicy) -> bytes:
-    """Any other scheme (s3://, gs://, ...) through the one filesystem layer, under the byte cap."""
+    """Any other scheme (s3://, gs://, ...) through the one filesystem layer: one GET, at most
+    the byte cap + 1 bytes of it."""
     name = _redact(uri)
     try:
-        size = storage.size(uri)
-        if size is None:
-            raise MediaError(f"image not found: {name}")
-        if size > policy.max_bytes:
-            raise _too_big(name, size, policy)
         data = storage.read_bytes(uri, max_bytes=policy.max_bytes)
-    except MediaError:
-        raise
+    except storage.StorageNotFound:
+        raise MediaError(f"image not found: {name}") from None
     except Exception as exc:  # StorageError, or a backend's own error type
         raise MediaError(f"cannot read {name}: {exc}") from None
     if len(data) > policy.max_bytes:

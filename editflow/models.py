@@ -96,11 +96,14 @@ ENGINE_MODELS: dict[str, list[ModelInfo]] = {
         ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint + IP-Adapter (try-on)",
                   "any SD model `sd` takes; the adapter comes from params ip_adapter"),
         ModelInfo("h94/IP-Adapter", "IP-Adapter weights + CLIP image encoder",
-                  "models/ip-adapter_sd15.safetensors and models/image_encoder (the params' default)"),
+                  "models/ip-adapter-plus_sd15.safetensors (the try-on default when present), else "
+                  "models/ip-adapter_sd15.safetensors; and models/image_encoder"),
     ],
     "concat": [
         ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel) for concat try-on",
-                  "plus your self-attention checkpoint (.safetensors) in params attention"),
+                  "plus a self-attention checkpoint (.safetensors, e.g. CatVTON's) in params attention"),
+        ModelInfo("timbrooks/instruct-pix2pix", "InstructPix2Pix (8-channel): the mask-free concat variant's base",
+                  "with a mask-free self-attention checkpoint in params attention"),
     ],
 }
 

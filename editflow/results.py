@@ -224,7 +224,10 @@ def summarize(out_dir: str | os.PathLike, manifest_ids: Sequence[str] | pa.Array
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     scan = scan_results(out_dir, SUMMARY_COLUMNS)
     rows = scan.table.filter(pc.is_in(scan.table.column("id"), value_set=ids))
-    missing = ids.filter(pc.invert(pc.is_in(ids, value_set=rows.column("id").combine_chunks())))
+    # ids are unique on both sides, so the count needs no second pass; the ids only when some miss
+    missing_count = len(ids) - rows.num_rows
+    missing = ids.filter(pc.invert(pc.is_in(ids, value_set=rows.column("id").combine_chunks()))) \
+        if missing_count else pa.array([], pa.string())
     statuses = _counts(rows, "status")
     errors = rows.filter(pc.equal(rows.column("status"), "error"))
     message = pc.fill_null(pc.cast(errors.column("error_message"), pa.string()), "None")
@@ -241,7 +244,7 @@ def summarize(out_dir: str | os.PathLike, manifest_ids: Sequence[str] | pa.Array
         **run_info,
         "rows": len(ids),
         "status": {s: statuses.get(s, 0) for s in STATUSES},
-        "missing": len(missing),
+        "missing": missing_count,
         "missing_ids": missing.slice(0, 100).to_pylist(),
         "error_types": _counts(errors, "error_type"),
         "error_stages": _counts(errors, "error_stage"),
@@ -250,7 +253,7 @@ def summarize(out_dir: str | os.PathLike, manifest_ids: Sequence[str] | pa.Array
         "result_files": len(scan.files),
         "unreadable_result_files": list(scan.unreadable),
     }
-    summary["exit_code"] = 0 if summary["status"]["error"] == 0 and not len(missing) else 2
+    summary["exit_code"] = 0 if summary["status"]["error"] == 0 and not missing_count else 2
     storage.write_bytes(storage.join(os.fspath(out_dir), "summary.json"),
                         (json.dumps(summary, indent=2, default=str) + "\n").encode())
     return summary

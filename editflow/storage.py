@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 from editflow.errors import EditflowError
 
 __all__ = [
-    "StorageError", "absolute", "child", "delete", "exists", "is_dir", "is_file", "is_local", "join",
+    "StorageError", "StorageNotFound", "absolute", "child", "delete", "exists", "is_dir", "is_file", "is_local", "join",
     "list_files", "local_path", "makedirs", "move", "open_input", "open_output", "parent", "read_bytes",
     "relative_to", "resolve", "scheme", "write_bytes",
 ]
@@ -48,6 +48,10 @@ _lock = threading.Lock()
 
 class StorageError(EditflowError, OSError):
     """A location cannot be resolved, read or written; the message names it."""
+
+
+class StorageNotFound(StorageError, FileNotFoundError):
+    """Nothing exists at the location."""
 
 
 def scheme(location: str | os.PathLike) -> str:
@@ -84,7 +88,7 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     text = os.fspath(location)
     if is_local(text):
         return _LOCAL, os.path.abspath(local_path(text))
-    parts = urlsplit(text)
+    parts = urlsplit(text, allow_fragments=False)  # "#" may be part of a key
     kind = parts.scheme.lower()
     if kind in _BUCKET_SCHEMES:
         if not parts.netloc:
@@ -153,7 +157,7 @@ def parent(location: str | os.PathLike) -> str:
     text = os.fspath(location)
     if is_local(text):
         return os.path.dirname(os.path.abspath(local_path(text)))
-    parts = urlsplit(text)
+    parts = urlsplit(text, allow_fragments=False)
     return f"{parts.scheme}://{parts.netloc}{posixpath.dirname(parts.path.rstrip('/'))}"
 
 
@@ -167,7 +171,7 @@ def relative_to(base_dir: str | os.PathLike, name: str) -> str:
     base = os.fspath(base_dir)
     if not _SCHEME_RE.match(base):
         return os.path.join(base, name)
-    parts = urlsplit(base)
+    parts = urlsplit(base, allow_fragments=False)
     if name.startswith("/"):
         raise StorageError(f"refusing absolute path {name!r} relative to {redact(base)}")
     kept: list[str] = []
@@ -238,7 +242,7 @@ def read_bytes(location: str | os.PathLike, max_bytes: int | None = None) -> byt
         with filesystem.open_input_stream(path) as stream:
             data = stream.read() if max_bytes is None else stream.read(max_bytes + 1)
     except FileNotFoundError:
-        raise StorageError(f"not found: {redact(text)}") from None
+        raise StorageNotFound(f"not found: {redact(text)}") from None
     except Exception as exc:
         raise StorageError(f"cannot read {redact(text)}: {exc}") from None
     return bytes(data)

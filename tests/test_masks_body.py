@@ -237,3 +237,14 @@ def test_drawn_person_background_gaps_are_not_garment() -> None:
     person = body.segmentation > 0.5
     far = ~B.cv2.dilate(person.astype(np.uint8), np.ones((41, 41), np.uint8)).astype(bool)
     assert upper[far].sum() == 0
+
+
+def test_hand_landmarks_protect_a_hand_on_the_chest() -> None:
+    """A hand the hand landmarker found (21 points) where the pose puts none: on the belly."""
+    image, body, regions = drawn_person()
+    rng = np.random.default_rng(0)
+    hand = np.array([200, 300], np.float32) + rng.uniform(-18, 18, (21, 2)).astype(np.float32)
+    plain = B.garment_mask(body, "upper", (800, 400), image=image)
+    guarded = B.garment_mask(body, "upper", (800, 400), image=image, hands=[hand])
+    assert plain[300, 200] == 1 and guarded[300, 200] == 0
+    assert (guarded <= plain).all() and plain.sum() - guarded.sum() > 0.8 * 36 * 36

@@ -31,6 +31,9 @@ def test_write_read_list_move_delete_on_each_backend(root):
     assert storage.read_bytes(target, max_bytes=1) == b"tw"  # cap + 1 bytes: the caller sees "too big"
     storage.write_bytes(storage.join(root, "b.parquet"), b"x")
     assert storage.list_files(root) == [storage.join(root, "a.bin"), storage.join(root, "b.parquet")]
+    storage.write_bytes(storage.join(root, "img#1 x.png"), b"k")  # "#" and spaces are part of a name
+    assert storage.read_bytes(storage.join(root, "img#1 x.png")) == b"k"
+    storage.delete(storage.join(root, "img#1 x.png"))
     assert storage.list_files(root, ".parquet") == [storage.join(root, "b.parquet")]
     assert storage.list_files(storage.join(root, "nothing-here")) == []
     storage.move(target, storage.join(root, "c.bin"))
@@ -117,3 +120,17 @@ def test_fsspec_backends_resolve_too():
     storage.write_bytes("memory://editflow-test/a.txt", b"hi")
     assert storage.read_bytes("memory://editflow-test/a.txt") == b"hi"
     assert storage.list_files("memory://editflow-test") == ["memory://editflow-test/a.txt"]
+
+
+def test_media_reads_s3_under_the_policy(s3_bucket):
+    from editflow.media import MediaError, MediaPolicy, read_bytes
+
+    storage.write_bytes(s3_bucket + "/in/a.bin", b"x" * 100)
+    allowed = MediaPolicy(allowed_schemes={"file", "s3"}, max_bytes=100)
+    assert read_bytes(s3_bucket + "/in/a.bin", allowed) == b"x" * 100
+    with pytest.raises(MediaError, match="image not found"):
+        read_bytes(s3_bucket + "/in/nope.png", allowed)
+    with pytest.raises(MediaError, match="file too large"):
+        read_bytes(s3_bucket + "/in/a.bin", MediaPolicy(allowed_schemes={"s3"}, max_bytes=99))
+    with pytest.raises(MediaError, match="scheme 's3' is not allowed"):
+        read_bytes(s3_bucket + "/in/a.bin", MediaPolicy())

@@ -208,3 +208,47 @@ def test_warp_onto_a_drawn_body_follows_its_landmarks() -> None:
     assert footprint[280, 200] and not footprint[90, 200]  # the chest, not the face
     assert not footprint[380, 295] and not footprint[380, 105]  # sleeves end before the wrists
     assert footprint[230, 270] or footprint[230, 130]  # they run down the upper arms
+
+
+def test_trousers_warp_from_the_waistband_to_the_ankles() -> None:
+    from tests.test_masks_body import standing_body
+
+    body = standing_body()
+    trousers = np.zeros((240, 160), np.uint8)
+    cv2.fillPoly(trousers, [np.array([(20, 10), (140, 10), (150, 230), (95, 230), (80, 90), (65, 230),
+                                      (10, 230)], np.int32)], 1)
+    source = garment_keypoints(trousers, "lower")
+    assert set(source.names) == {"waist_l", "waist_r", "hem_l", "hem_r", "crotch"}
+    assert abs(source.pick(("crotch",))[0][1] - 90) <= 6  # the top of the gap between the legs
+    target = person_keypoints(body, "lower", source)
+    _, footprint = warp_garment(np.ones((240, 160, 3), np.float32), trousers.astype(np.float32), source, target,
+                                (800, 400))
+    ys = np.nonzero(footprint)[0]
+    assert abs(ys.min() - B_waist(body)) <= 10 and 710 <= ys.max() <= 740  # waistband to ankles
+    assert footprint[640, 235] and footprint[640, 165] and not footprint[640, 200]  # two legs, a gap
+    assert not footprint[200, 200]  # not the chest
+
+
+def B_waist(body) -> float:
+    from editflow.masks.body import waist_y
+
+    return waist_y(body)
+
+
+def test_dress_hem_follows_dress_length() -> None:
+    from tests.test_masks_body import standing_body
+
+    body = standing_body()
+    dress = np.zeros((300, 200), np.uint8)
+    cv2.fillPoly(dress, [np.array([(60, 10), (80, 20), (120, 20), (140, 10), (150, 120), (190, 290), (10, 290),
+                                   (50, 120)], np.int32)], 1)
+    source = garment_keypoints(dress, "dress")
+    assert "sleeve_l" not in source.names and "sleeve_r" not in source.names  # sleeveless
+    bottoms = {}
+    for length in ("knee", "ankle"):
+        target = person_keypoints(body, "dress", source, length)
+        _, footprint = warp_garment(np.ones((300, 200, 3), np.float32), dress.astype(np.float32), source, target,
+                                    (800, 400))
+        bottoms[length] = np.nonzero(footprint)[0].max()
+        assert footprint[300, 200] and not footprint[90, 200]
+    assert 590 <= bottoms["knee"] <= 625 and 705 <= bottoms["ankle"] <= 735, bottoms

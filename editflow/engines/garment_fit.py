@@ -42,10 +42,25 @@ class Keypoints:
         return np.stack([self.points[self.names.index(n)] for n in names]).astype(np.float32)
 
 
-def _row_ends(fg: np.ndarray, y0: int, y1: int) -> tuple[float, float, float]:
-    """Leftmost and rightmost foreground x over rows y0..y1, and the rows' middle."""
+def _row_ends(fg: np.ndarray, y0: int, y1: int) -> tuple[float, float]:
+    """Leftmost and rightmost foreground x over rows y0..y1."""
     xs = np.nonzero(fg[y0:y1 + 1].any(axis=0))[0]
-    return float(xs.min()), float(xs.max()), (y0 + y1) / 2.0
+    return float(xs.min()), float(xs.max())
+
+
+def _run_width(fg: np.ndarray, x: float, y0: int, y1: int) -> float:
+    """Median width of the foreground run through column x over rows y0..y1 (the torso, not the
+    sleeves beside it or a skirt's flare below)."""
+    column = int(np.clip(round(x), 0, fg.shape[1] - 1))
+    widths = []
+    for row in fg[y0:y1 + 1]:
+        if not row[column]:
+            continue
+        off = np.flatnonzero(~row)
+        left = off[off < column].max() + 1 if (off < column).any() else 0
+        right = off[off > column].min() if (off > column).any() else row.size
+        widths.append(right - left)
+    return float(np.median(widths)) if widths else float(fg.any(axis=0).sum())
 
 
 def _top_at(fg: np.ndarray, x: float) -> float:
@@ -60,9 +75,11 @@ def garment_keypoints(mask: np.ndarray, category: str) -> Keypoints:
     ys = np.nonzero(fg.any(axis=1))[0]
     top, bottom = int(ys.min()), int(ys.max())
     strip = max(1, int(round(0.03 * (bottom - top + 1))))
-    hem_l, hem_r, hem_y = _row_ends(fg, bottom - strip, bottom)
+    hem_l, hem_r = _row_ends(fg, bottom - strip, bottom)
+    hem_y = float(bottom)  # the garment's edge, where the person's hem line goes
     if category == "lower":
-        waist_l, waist_r, waist_y = _row_ends(fg, top, top + strip)
+        waist_l, waist_r = _row_ends(fg, top, top + strip)
+        waist_y = float(top)
         names, points = ["waist_l", "waist_r", "hem_l", "hem_r"], [(waist_l, waist_y), (waist_r, waist_y),
                                                                    (hem_l, hem_y), (hem_r, hem_y)]
         centre = (waist_l + waist_r) / 2.0
@@ -72,10 +89,14 @@ def garment_keypoints(mask: np.ndarray, category: str) -> Keypoints:
             names.append("crotch")
             points.append((centre, float(top + gap.min())))
         return Keypoints(tuple(names), np.asarray(points, np.float32))
-    # upper / dress: the torso is the part of the silhouette straight above the hem
+    # upper / dress: the torso is the part of the silhouette straight above the hem; the shoulder
+    # corners sit inside both the torso's width (below the sleeves) and the top edge's ends
     width = hem_r - hem_l
     centre = (hem_l + hem_r) / 2.0
-    side = 0.45 * width
+    height = bottom - top + 1
+    torso = _run_width(fg, centre, top + int(0.3 * height), top + int(0.6 * height))
+    top_l, top_r = _row_ends(fg, top, top + strip)
+    side = min(0.45 * torso, centre - top_l, top_r - centre)
     shoulder_l = (centre - side, _top_at(fg, centre - side))
     shoulder_r = (centre + side, _top_at(fg, centre + side))
     names = ["neck", "shoulder_l", "shoulder_r", "hem_l", "hem_r"]

@@ -465,10 +465,35 @@ class IPCondition(LatentCondition):
 
     image_embeds: torch.Tensor | None = None
     negative_image_embeds: torch.Tensor | None = None
+    #: ControlNet condition images [B, 3, H, W] in [0, 1] at the window's pixel size; None = no ControlNet
+    control_image: torch.Tensor | None = None
+    control_scale: float = 1.0
 
 
 class IPAdapterDenoiser(LatentUNetDenoiser):
-    """`LatentUNetDenoiser` whose UNet also takes IP-Adapter image embeddings."""
+    """`LatentUNetDenoiser` whose UNet also takes IP-Adapter image embeddings, and optionally the
+    residuals of a ControlNet (``controlnet``, called once per UNet call on the same batch, as
+    diffusers' ControlNet pipelines do: the noisy latents, the text states, the condition image)."""
+
+    controlnet: Any = None
+
+    def control_residuals(self, x: torch.Tensor, ts: torch.Tensor, states: torch.Tensor, condition: IPCondition,
+                          sl: slice, cfg: bool) -> dict[str, Any]:
+        """``down_block_additional_residuals`` / ``mid_block_additional_residual`` for the UNet call."""
+        if self.controlnet is None or condition.control_image is None:
+            return {}
+        net = self.controlnet
+        image = condition.control_image[sl]
+        if cfg:
+            image = torch.cat([image, image])
+        if int(net.config.in_channels) != x.shape[1]:  # an SD ControlNet beside an inpainting UNet: the latents only
+            x = x[:, : int(net.config.in_channels)]
+        down, mid = net(x.to(device=net.device, dtype=net.dtype), ts.to(net.device),
+                        encoder_hidden_states=states.to(device=net.device, dtype=net.dtype),
+                        controlnet_cond=image.to(device=net.device, dtype=net.dtype),
+                        conditioning_scale=float(condition.control_scale), return_dict=False)
+        return {"down_block_additional_residuals": [d.to(self.unet.dtype) for d in down],
+                "mid_block_additional_residual": mid.to(self.unet.dtype)}
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: IPCondition) -> torch.Tensor:
         c = condition
@@ -494,8 +519,10 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
                              "time_ids": torch.cat([c.negative_time_ids[sl], added["time_ids"]])}
             cond = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
             cond["image_embeds"] = [img.unsqueeze(1).to(device=device, dtype=dtype)]  # one image per row
+            control = self.control_residuals(x, ts, emb, c, sl, cfg)
             out = self.unet(x.to(device=device, dtype=dtype), ts.to(device),
-                            encoder_hidden_states=emb.to(device=device, dtype=dtype), added_cond_kwargs=cond).sample.float()
+                            encoder_hidden_states=emb.to(device=device, dtype=dtype), added_cond_kwargs=cond,
+                            **control).sample.float()
             outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
         return torch.cat(outs).to(x_t.device)
 
@@ -601,6 +628,9 @@ class IPAdapterSDEngine(SDEngine):
         pairs = [self.embeddings(j, adapter) for j in jobs]
         condition = IPCondition(**vars(base), image_embeds=torch.cat([p for p, _ in pairs]).to(device),
                                 negative_image_embeds=torch.cat([n for _, n in pairs]).to(device))
+        if getattr(first, "control", None) is not None:  # a ControlNet condition per row (makeup)
+            condition.control_image = torch.cat([j.control for j in jobs]).to(device)
+            condition.control_scale = float(first.control_scale)
         init = None
         if any(j.init is not None for j in jobs):
             init = torch.cat([j.init if j.init is not None else j.image for j in jobs]).to(device)

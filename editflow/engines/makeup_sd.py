@@ -1,67 +1,95 @@
-"""Diffusers makeup engine (`sd`, task `makeup`): colour-transfer start, then masked latent SDEdit
-with an IP-Adapter image prompt of the reference face.
+"""Diffusers makeup engine (`sd`, task `makeup`): an aligned face crop at the model's resolution,
+a colour-transfer start, then masked latent SDEdit with an IP-Adapter image prompt of the
+reference's makeup regions and, optionally, a face-landmark ControlNet.
 
 Per row:
 
-1. **Start**: the builtin makeup's region-wise colour transfer from the reference face
-   (`editflow.engines.makeup.makeup_start`) with the builtin's faces and parts: the reference's
-   and the image's face meshes (MediaPipe, cached per worker by `reference_key` / `image_key`),
-   parts from ``params.parts`` (``"lips+eyes"`` or a list) or else every part of the image's face
-   lying mostly inside the row's mask. No face in the reference (or the image) is a row error.
-2. **Reference face**: the reference's face box, grown by ``params.face_margin`` (fraction of the
-   box, default 0.25) and squared: the IP-Adapter's image prompt. Its embedding is cached per
-   worker by the reference's content hash.
-3. **Sampler**: the masked sampler from the noised start under the row's mask (SDEdit,
-   ``strength`` default 0.5, 30 DDIM steps, guidance 5), with the SD UNet conditioned on the
-   prompt (the row's, or "a close-up photo of a face wearing makeup") and the IP-Adapter
-   embedding of the face crop (editflow.engines.ipadapter; ``params.ip_adapter``,
+1. **Faces**: the reference's and the image's face meshes (MediaPipe, cached per worker by
+   `reference_key` / `image_key`); no face in either is a row error.
+2. **Start**: the builtin makeup's region-wise colour transfer from the reference face
+   (`editflow.engines.makeup.makeup_start`), parts from ``params.parts`` (``"lips+eyes"`` or a
+   list) or else every part of the image's face lying mostly inside the row's mask.
+3. **Mask**: the row's mask minus the eye openings and irises (face mesh: `eye_opening`), so the
+   eyeballs keep their exact pixels whatever the mask (``params.protect_eyes: false`` to allow).
+4. **Aligned crop** (editflow.engines.aligned): the image's face rotated so the eye line is level,
+   cropped square around the face (``params.face_margin``, default 0.25 of the face box on each
+   side) and resized to ``params.face_size`` (default: the model's resolution, 512 on SD 1.5) —
+   upscaled for a small face, so the lips span many latent rows. The result is mapped back and
+   written only where the mask is set: every other pixel keeps its exact value.
+5. **Reference**: the IP-Adapter's image prompt is an aligned crop of the reference around its
+   makeup regions only (brows, eyes, lips; ``params.reference_margin``, default 0.15), not the
+   whole face, so less of the reference's identity, skin tone and lighting leaks in. Its
+   embedding is cached per worker.
+6. **ControlNet** (optional, ``params.controlnet``: hub id or folder of a diffusers
+   `ControlNetModel`, e.g. one trained on MediaPipe face-mesh drawings; ``controlnet_scale``
+   default 1.0): its condition is the image's own face mesh drawn in the crop
+   (editflow.engines.controlnet.draw_face_mesh), its residuals go into every UNet call, so the
+   target's shapes and identity hold.
+7. **Sampler**: the masked sampler from the noised start under the mask (SDEdit, ``strength``
+   default 0.5, 30 DDIM steps, guidance 5), with the prompt (the row's, or "a close-up photo of a
+   face wearing makeup") and the IP-Adapter embedding (editflow.engines.ipadapter; ``params.ip_adapter``,
    ``ip_adapter_scale``, ...). The model is the row's SD checkpoint (9-channel inpainting or
    4-channel; default SD 1.5 inpainting).
-4. **Identity**: outside the mask nothing is repainted: the sampler keeps the known region on the
-   forward-noised original, pastes input pixels back bit for bit, and the edit stage composites
-   by the mask again.
 
-Windows (a face in a large photo is processed at the model's resolution around the mask), seeds
-and batching are the `sd` engine's: per-row CPU generators, one row per network call on CPU.
+The result column ``adapter`` records the IP-Adapter (and ControlNet) used. Seeds and batching are
+the `sd` engine's: per-row CPU generators, one row per network call on CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
+import torch
 
+from editflow.engines.aligned import plan_aligned_crop
 from editflow.engines.base import EditRequest, EditResult, EngineError
-from editflow.engines.crop import plan_crop
-from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, pad_to_square, sampler_settings
+from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, sampler_settings
 from editflow.engines.sd import check_request
 
-__all__ = ["SDMakeupEngine", "face_crop", "DEFAULT_PROMPT"]
+__all__ = ["SDMakeupEngine", "makeup_region_crop", "DEFAULT_PROMPT"]
 
 TASKS = frozenset({"makeup"})
 DEFAULT_PROMPT = "a close-up photo of a face wearing makeup"
 DEFAULT_STEPS = 30
 DEFAULT_STRENGTH = 0.5
 DEFAULT_GUIDANCE = 5.0
-DEFAULT_FACE_MARGIN = 0.25
+DEFAULT_FACE_MARGIN = 0.25  # of the face box, each side, around the target face
+DEFAULT_REFERENCE_MARGIN = 0.15
+REFERENCE_CROP_SIZE = 256  # the CLIP processor resizes to its own size (224 for h94's ViT-H)
+DEFAULT_CONTROLNET_SCALE = 1.0
 
 
-def face_crop(image: np.ndarray, box: tuple[float, float, float, float], margin: float = DEFAULT_FACE_MARGIN) -> np.ndarray:
-    """A square crop around `box` (x0, y0, x1, y1) grown by `margin` × its long side, clipped to the image."""
-    x0, y0, x1, y1 = box
-    side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * max(0.0, margin))
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    h, w = image.shape[:2]
-    left, top = int(max(0, np.floor(cx - side / 2))), int(max(0, np.floor(cy - side / 2)))
-    right, bottom = int(min(w, np.ceil(cx + side / 2))), int(min(h, np.ceil(cy + side / 2)))
-    if right - left < 2 or bottom - top < 2:
-        raise EngineError("the face in the makeup reference is too small to crop")
-    return pad_to_square(image[top:bottom, left:right], fill=0)
+def makeup_region_crop(image: np.ndarray, points: np.ndarray, margin: float = DEFAULT_REFERENCE_MARGIN,
+                       size: int = REFERENCE_CROP_SIZE) -> np.ndarray:
+    """The reference's makeup regions (brows, eyes, lips), eye line level, in a size×size crop."""
+    from editflow.masks.face import topology
+
+    topo = topology()
+    index = sorted({i for loop in topo.eyes for i in loop} | {i for c in topo.lips for i in c}
+                   | {i for brow in topo.brows for edge in brow for i in edge})
+    crop = plan_aligned_crop(points, size, margin, box_points=points[index])
+    return cv2.warpAffine(image, crop.matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+
+
+@dataclass
+class MakeupJob(RefJob):
+    """A RefJob with the ControlNet it asks for and its condition drawing (crop pixels)."""
+
+    controlnet: str | None = None
+    control: torch.Tensor | None = None  # [1, 3, s, s] in [0, 1]
+    control_scale: float = DEFAULT_CONTROLNET_SCALE
+
+    def key(self) -> tuple:
+        return (*super().key(), self.controlnet, self.control_scale)
 
 
 class SDMakeupEngine(IPAdapterSDEngine):
-    """Makeup transfer: colour-transfer start + masked SDEdit with an IP-Adapter on the reference face."""
+    """Makeup transfer on an aligned, upscaled face crop: colour-transfer start + masked SDEdit with
+    an IP-Adapter on the reference's makeup regions and an optional face-landmark ControlNet."""
 
     name = "sd"
     tasks = TASKS
@@ -74,6 +102,7 @@ class SDMakeupEngine(IPAdapterSDEngine):
         self.references = FaceCache(size)  # the builtin makeup's prepared faces (landmarks, part masks)
         self.targets = FaceCache(size)
         self._landmarker = None
+        self.controlnets: dict[str, Any] = {}
 
     @property
     def landmarker(self):
@@ -88,8 +117,16 @@ class SDMakeupEngine(IPAdapterSDEngine):
             self._landmarker.close()
             self._landmarker = None
 
+    def faces(self, request: EditRequest):
+        """(reference FaceData, target FaceData) from the per-worker caches."""
+        p = request.params or {}
+        ref, _ = self.references.get(request.reference_key, request.reference, self.landmarker,
+                                     p.get("reference_face"), "reference image")
+        tgt, _ = self.targets.get(request.image_key, request.image, self.landmarker, p.get("face"), "image")
+        return ref, tgt
+
     def start(self, request: EditRequest) -> tuple[np.ndarray, np.ndarray, str]:
-        """(start image, reference face crop, crop cache key) for a makeup row.
+        """(start image, reference makeup-regions crop, crop cache key) for a makeup row.
 
         The start is the builtin makeup's region-wise colour transfer (`makeup_start`) with the same
         faces and parts; no face in the reference (or the image) is a row error (NoFaceError)."""
@@ -108,9 +145,7 @@ class SDMakeupEngine(IPAdapterSDEngine):
         from editflow.engines.makeup import MAKEUP_PARTS, makeup_start
 
         p = request.params or {}
-        ref, _ = self.references.get(request.reference_key, request.reference, self.landmarker,
-                                     p.get("reference_face"), "reference image")
-        tgt, _ = self.targets.get(request.image_key, request.image, self.landmarker, p.get("face"), "image")
+        ref, tgt = self.faces(request)
         if p.get("parts"):
             parts = p["parts"]
         else:  # as the builtin: every part of the target face lying mostly inside the row's mask
@@ -124,14 +159,22 @@ class SDMakeupEngine(IPAdapterSDEngine):
                                         warp_weight=p.get("warp_weight")))
         if start.shape != request.image.shape:
             raise EngineError(f"makeup start is {start.shape}, expected {request.image.shape}")
-        margin = float(p.get("face_margin", DEFAULT_FACE_MARGIN))
-        crop = face_crop(request.reference, ref.face.box, margin)
-        key = f"{request.reference_key or array_key(request.reference)}:face:{p.get('reference_face')}:{margin:.4f}"
+        margin = float(p.get("reference_margin", DEFAULT_REFERENCE_MARGIN))
+        crop = makeup_region_crop(request.reference, ref.face.points, margin)
+        key = f"{request.reference_key or array_key(request.reference)}:regions:{p.get('reference_face')}:{margin:.4f}"
         return start.astype(np.uint8, copy=False), crop, key
+
+    def controlnet(self, spec: str) -> Any:
+        if spec not in self.controlnets:
+            from editflow.engines.controlnet import load_controlnet
+
+            self.controlnets.clear()  # one resident ControlNet per worker
+            self.controlnets[spec] = load_controlnet(spec, self.dtype, self.device)
+        return self.controlnets[spec]
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def _prepare(self, index: int, request: EditRequest) -> RefJob:  # type: ignore[override]
+    def _prepare(self, index: int, request: EditRequest) -> MakeupJob:  # type: ignore[override]
         check_request(request, TASKS, self.name)
         if request.reference is None:
             raise EngineError("makeup needs a reference: the makeup face image (column `reference`)")
@@ -141,13 +184,41 @@ class SDMakeupEngine(IPAdapterSDEngine):
         p = request.params or {}
         spec = self.spec_for(request)
         start, crop, crop_key = self.start(request)
-        plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
-                         float(p.get("context", 0.5)))
+        _, tgt = self.faces(request)
+        mask = request.mask
+        if p.get("protect_eyes", True) not in (False, "false", "0", 0):
+            mask = np.where(tgt.parts["eye_opening"], 0, mask).astype(mask.dtype, copy=False)
+            if not (mask > 0).any():
+                raise EngineError("the mask covers only the eye openings, which makeup leaves alone")
+        size = int(p.get("face_size", self.resolution))
+        if size < self.multiple or size % self.multiple:
+            raise EngineError(f"params.face_size must be a positive multiple of {self.multiple}, got {size}")
+        plan = plan_aligned_crop(tgt.face.points, size, float(p.get("face_margin", DEFAULT_FACE_MARGIN)),
+                                 region=mask > 0)
         s = sampler_settings(request, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH)
         request = dataclasses.replace(request, prompt=request.prompt or DEFAULT_PROMPT)
-        return RefJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), "sampler",
-                      s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},
-                      spec=spec, reference=crop, reference_key=crop_key, init=plan.image(start))
+        job = MakeupJob(index, request, plan, plan.image(request.image), plan.mask(mask), "sampler",  # type: ignore[arg-type]
+                        s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},
+                        spec=spec, reference=crop, reference_key=crop_key, init=plan.image(start))
+        controlnet = p.get("controlnet") or self.options.get("controlnet")
+        if controlnet:
+            from editflow.engines.controlnet import condition_tensor, draw_face_mesh
+
+            job.controlnet = str(controlnet)
+            job.control_scale = float(p.get("controlnet_scale", DEFAULT_CONTROLNET_SCALE))
+            job.control = condition_tensor(draw_face_mesh(plan.points(tgt.face.points), size))
+        return job
+
+    def _run(self, jobs: list[Any]) -> list[EditResult]:
+        first = jobs[0]
+        self.denoiser.controlnet = self.controlnet(first.controlnet) if first.controlnet else None
+        return self._run_sampler(jobs)
+
+    def adapter_description(self, job: Any) -> str:
+        text = super().adapter_description(job)
+        if getattr(job, "controlnet", None):
+            text += f"; controlnet {job.controlnet} scale={job.control_scale:g}"
+        return text
 
     def _result(self, job: Any, image: np.ndarray, nfe: int, scheduler: str) -> EditResult:
         result = super()._result(job, image, nfe, scheduler)

@@ -4,31 +4,47 @@
     The row's model is an SD inpainting checkpoint (default SD 1.5 inpainting; a 4-channel SD
     works too, by latent RePaint). The garment photo, padded to a square on white, goes through
     the CLIP image encoder into an IP-Adapter (editflow.engines.ipadapter: ``params.ip_adapter``,
-    ``ip_adapter_weight``, ``image_encoder``, ``ip_adapter_scale``; default h94/IP-Adapter
-    ``models/ip-adapter_sd15.safetensors``). The person's garment mask is repainted at strength 1
+    ``ip_adapter_weight``, ``image_encoder``, ``ip_adapter_scale``). Default adapter: h94/IP-Adapter
+    ``models/ip-adapter-plus_sd15.safetensors`` when that file is on this machine (hub cache or the
+    given folder; never downloaded for the choice), else ``models/ip-adapter_sd15.safetensors``; the
+    result's ``adapter`` column records which. The person's garment mask is repainted at strength 1
     (inpaint; a lower ``strength`` is masked SDEdit from the person) with the text prompt — the
     row's, or "a photo of a person wearing <an upper-body garment | lower-body garment | a dress>"
     — and the image prompt; classifier-free guidance uses the negative prompt and a zero image
     embedding. Default 30 DDIM steps, guidance 7.5.
 
 ``concat`` (`ConcatTryOnEngine`), CatVTON-style, implemented from the paper (arXiv 2407.15886)
-    The person window and the garment (resized to the window and padded on white) are encoded by
-    the VAE and laid side by side, ``[person | garment]`` along the width. The 9-channel inpainting
-    UNet gets the mask channel ``[garment mask | 0]`` and the masked-image latents ``[person with
-    the mask zeroed | garment]``: the garment half is fully known (the sampler keeps it on the
-    forward-noised garment at every step, RePaint's known region) and only the person half under
-    the mask is denoised. There is no text: the text encoder is dropped, encoder states are zeros,
-    and (``params.cross_attention``: ``skip``, the default) every cross-attention layer passes its
+    The person frame and the garment (resized to the frame and padded on white) are encoded by
+    the VAE and stacked, ``[person ; garment]`` along the height as CatVTON does
+    (``params.concat_axis: width`` lays them side by side). The 9-channel inpainting UNet gets the
+    mask channel ``[garment mask ; 0]`` and the masked-image latents ``[person with the mask zeroed ;
+    garment]``: the garment half is fully known (the sampler keeps it on the forward-noised garment
+    at every step, RePaint's known region) and only the person half under the mask is denoised.
+    There is no text: the text encoder is dropped, encoder states are zeros, and
+    (``params.cross_attention``: ``skip``, the default) every cross-attention layer passes its
     input through, as the paper removes cross-attention; ``zeros`` runs the layers on the zero
-    states instead. Only the person half is decoded. Classifier-free guidance (default 2.5, the
-    paper's best range 2.5-3.5) contrasts with the garment zeroed in the masked-image latents.
+    states instead. Only the person half is decoded. Classifier-free guidance contrasts with the
+    garment zeroed in the masked-image latents.
+
+    Trained setting by default: the person is seen in a 3:4 (width:height) frame around the mask
+    (editflow.engines.frame: the largest such frame in the image over the mask, else the smallest
+    around it, padded) resized to the checkpoint's resolution (default: the model's resolution by
+    3/4 of it, 512x384 on SD 1.5; ``params.resolution: "1024x768"`` for the 1024 checkpoints;
+    ``params.frame: false`` uses the `sd` engine's window instead); CatVTON's sampler: 50 DDIM
+    steps, eta 1.0, guidance 2.5 (the row's steps / ``params.eta`` / guidance_scale override).
+
+    Mask-free: on an 8-channel InstructPix2Pix UNet (CatVTON's mask-free checkpoints are trained
+    on timbrooks/instruct-pix2pix) the UNet gets ``[x, person ; garment]`` with no mask channel and
+    redraws the whole frame; the row's mask still limits what the edit stage keeps. The paper
+    states the input (person and garment concatenated, no mask); what we could not check against
+    released code is the scale of the condition latents: they are encoded like the noisy latents
+    (VAE mode times the scaling factor), and CFG drops the garment as in the masked variant.
+
     The paper trains only the self-attention weights: ``params.attention`` (or the engine option)
-    is a .safetensors file of the UNet's ``attn1`` parameters, applied onto the UNet, every key
-    checked to be a self-attention parameter of the right shape. Keys are diffusers parameter names
-    (``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight``, an optional ``unet.``
-    prefix), or ``<i>.<param>`` indexing the UNet's modules whose name contains ``attn1`` in
-    ``named_modules`` order. ``attention: none`` runs the base inpainting UNet unchanged
-    (for experiments; without trained attention weights the result is plain inpainting).
+    is a .safetensors file of the UNet's ``attn1`` parameters, applied onto the UNet (see
+    `load_attention_weights`: diffusers names, or CatVTON's published ``<i>.<param>`` layout).
+    ``attention: none`` runs the base UNet unchanged (for experiments; without trained attention
+    weights the result is plain inpainting).
 
 Both: the garment's encoding (IP-Adapter image embedding; garment latents per window size) is
 cached per worker by the reference's content hash (``EditRequest.reference_key``), so a catalog

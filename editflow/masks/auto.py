@@ -6,8 +6,8 @@ once, and it keeps two caches:
 
   * masks, keyed by (image key, spec, options, size): a person photo's `garment:upper` is made once
     and reused for every garment of a catalog try-on;
-  * detections, keyed by (image key, model): face landmarks and pose are run once per image, whatever
-    parts are asked (face:lips on one row, face:skin on the next). SAM keeps its own per-image
+  * detections, keyed by (image key, model): face landmarks, pose and hands are run once per
+    image, whatever parts are asked (face:lips on one row, face:skin on the next). SAM keeps its own per-image
     embedding cache (sam.py).
 
 The image key is the input file's sha256 when the caller has it, else a hash of the pixels.
@@ -72,9 +72,10 @@ class AutoMasker:
         self._sam_model = sam_model  # a prebuilt Sam (tests); else built from the settings
         self._faces = None
         self._pose = None
+        self._hands = None
         self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._detections: OrderedDict[tuple, Any] = OrderedDict()
-        self.stats = {"mask_hits": 0, "mask_misses": 0, "face_runs": 0, "pose_runs": 0}
+        self.stats = {"mask_hits": 0, "mask_misses": 0, "face_runs": 0, "pose_runs": 0, "hand_runs": 0}
 
     # models ---------------------------------------------------------------------------------
     @property
@@ -100,6 +101,13 @@ class AutoMasker:
             self._pose = PoseModel()
         return self._pose
 
+    def _hand_model(self):
+        if self._hands is None:
+            from editflow.masks.body import HandModel
+
+            self._hands = HandModel()
+        return self._hands
+
     def _detect(self, what: str, key: str, image: np.ndarray):
         cache_key = (what, key)
         if cache_key in self._detections:
@@ -108,6 +116,9 @@ class AutoMasker:
         if what == "face":
             found = self._face_model().detect(image)
             self.stats["face_runs"] += 1
+        elif what == "hands":
+            found = self._hand_model().detect(image)
+            self.stats["hand_runs"] += 1
         else:
             found = self._pose_model().detect(image)
             self.stats["pose_runs"] += 1
@@ -156,7 +167,8 @@ class AutoMasker:
         if spec.kind == "person":
             return self._refine(person_mask(body, shape), image)
         return garment_mask(body, spec.parts[0], shape, options.get("dress_length"), options.get("sleeve"),
-                            image=image, face_points=self._face_of(body, key, image))
+                            image=image, face_points=self._face_of(body, key, image),
+                            hands=self._detect("hands", key, image))
 
     def _face_of(self, body, key: str, image: np.ndarray) -> np.ndarray | None:
         """The face mesh of the posed person (its forehead line bounds the hair), if one is found."""
@@ -177,7 +189,7 @@ class AutoMasker:
         return self.sam.refine(mask, image, margin)
 
     def close(self) -> None:
-        for model in (self._faces, self._pose):
+        for model in (self._faces, self._pose, self._hands):
             if model is not None:
                 model.close()
 

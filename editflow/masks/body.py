@@ -16,7 +16,8 @@ inside `person_room` (the segmentation grown by a loose garment's margin, minus 
 the gap beside an arm, an object held in front of the body where the segmentation leaves it out),
 and with what the methods protect subtracted (IDM-VTON / CatVTON agnostic masks keep them):
 
-  * always: the face (head ellipse), the hands, the hair: the person above the shoulders around the
+  * always: the face (head ellipse), the hands (pose hand points, and the hand landmarker's 21
+    points per hand when it finds them), the hair: the person above the shoulders around the
     head, and, given the picture, long hair below them — pixels within a Mahalanobis distance of
     the hair colour sampled above the forehead line (the face mesh's top, else from the pose eyes
     and ears), connected to the hair above;
@@ -163,8 +164,9 @@ def head_mask(body: Body, shape: tuple[int, int]) -> np.ndarray:
     return canvas
 
 
-def hands_mask(body: Body, shape: tuple[int, int]) -> np.ndarray:
-    """Both hands: the hull of wrist, pinky, index and thumb landmarks, grown by a hand's width."""
+def hands_mask(body: Body, shape: tuple[int, int], hands: list[np.ndarray] | None = None) -> np.ndarray:
+    """Both hands: the hull of wrist, pinky, index and thumb landmarks, grown by a hand's width; and
+    each hand the hand landmarker found (21 points, `HandModel`), its hull grown a little."""
     canvas = np.zeros(shape, np.uint8)
     for hand in (L_HAND, R_HAND):
         pts = body.points[list(hand)]
@@ -172,7 +174,33 @@ def hands_mask(body: Body, shape: tuple[int, int]) -> np.ndarray:
         _poly(canvas, cv2.convexHull(np.round(pts).astype(np.int32)).reshape(-1, 2))
         centre = pts[1:].mean(axis=0)  # the fingers' landmarks: the hand extends past them
         cv2.circle(canvas, (int(round(centre[0])), int(round(centre[1]))), int(round(0.75 * size)), 1, -1)
-    return cv2.dilate(canvas, _disc(0.04 * body.scale))
+    canvas = cv2.dilate(canvas, _disc(0.04 * body.scale))
+    for points in hands or ():
+        found = np.zeros(shape, np.uint8)
+        _poly(found, cv2.convexHull(np.round(np.asarray(points, np.float64)).astype(np.int32)).reshape(-1, 2))
+        canvas |= cv2.dilate(found, _disc(0.05 * body.scale))
+    return canvas
+
+
+class HandModel:
+    """MediaPipe Hands (21 landmarks per hand; the model ships in the wheel) on RGB uint8 images."""
+
+    def __init__(self, max_hands: int = 4, min_confidence: float = 0.5) -> None:
+        mp = import_mediapipe()
+        self._hands = start_solution(lambda: mp.solutions.hands.Hands(
+            static_image_mode=True, max_num_hands=max_hands, min_detection_confidence=min_confidence), "hands")
+        self.calls = 0
+
+    def detect(self, image: np.ndarray) -> list[np.ndarray]:
+        """Each hand found: (21, 2) float32 pixels."""
+        self.calls += 1
+        height, width = image.shape[:2]
+        result = self._hands.process(np.ascontiguousarray(image[..., :3]))
+        return [np.array([(p.x * width, p.y * height) for p in hand.landmark], np.float32)
+                for hand in result.multi_hand_landmarks or ()]
+
+    def close(self) -> None:
+        self._hands.close()
 
 
 def feet_mask(body: Body, shape: tuple[int, int]) -> np.ndarray:
@@ -334,12 +362,13 @@ def _option(value: str | None, choices: tuple[str, ...], default: str, name: str
 
 def garment_mask(body: Body, category: str, shape: tuple[int, int], dress_length: str | None = None,
                  sleeve: str | None = None, image: np.ndarray | None = None,
-                 face_points: np.ndarray | None = None) -> np.ndarray:
+                 face_points: np.ndarray | None = None, hands: list[np.ndarray] | None = None) -> np.ndarray:
     """float32 {0,1} agnostic mask for a garment `category` at `shape` (H, W).
 
     `sleeve` ("long" default, or "short": the forearms stay), `dress_length` ("ankle" default, or
     "knee"); `image` (RGB, same size) lets long hair be told from the garment by its colour;
-    `face_points` (face-mesh landmarks in pixels) give the forehead line the hair is sampled above.
+    `face_points` (face-mesh landmarks in pixels) give the forehead line the hair is sampled above;
+    `hands` (hand-landmarker points, `HandModel.detect`) are protected with their fingers.
     """
     if category not in GARMENT_CATEGORIES:
         raise ValueError(f"garment category must be one of {', '.join(GARMENT_CATEGORIES)}, got {category!r}")
@@ -351,7 +380,7 @@ def garment_mask(body: Body, category: str, shape: tuple[int, int], dress_length
     hips_y = float(body.mid(L_HIP, R_HIP)[1])
     knees_y = float(body.mid(L_KNEE, R_KNEE)[1])
     ankles_y = float(body.mid(L_ANKLE, R_ANKLE)[1])
-    protect = head_mask(body, shape) | hands_mask(body, shape) | hair_mask(body, shape, image, face_points)
+    protect = head_mask(body, shape) | hands_mask(body, shape, hands) | hair_mask(body, shape, image, face_points)
     top = neck_y  # the highest row the garment may reach (below it: the head and hair rules)
     hem = None  # the lowest row it may reach, outside the arms
     if category == "upper":
