@@ -488,9 +488,10 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
             image = torch.cat([image, image])
         if int(net.config.in_channels) != x.shape[1]:  # an SD ControlNet beside an inpainting UNet: the latents only
             x = x[:, : int(net.config.in_channels)]
-        down, mid = net(x.to(device=net.device, dtype=net.dtype), ts.to(net.device),
-                        encoder_hidden_states=states.to(device=net.device, dtype=net.dtype),
-                        controlnet_cond=image.to(device=net.device, dtype=net.dtype),
+        device = execution_device(net)
+        down, mid = net(x.to(device=device, dtype=net.dtype), ts.to(device),
+                        encoder_hidden_states=states.to(device=device, dtype=net.dtype),
+                        controlnet_cond=image.to(device=device, dtype=net.dtype),
                         conditioning_scale=float(condition.control_scale), return_dict=False)
         return {"down_block_additional_residuals": [d.to(self.unet.dtype) for d in down],
                 "mid_block_additional_residual": mid.to(self.unet.dtype)}
