@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from editflow.engines.device import freeze
+from editflow.diffusion.device import freeze
 from editflow.models import ModelNotAvailableError, hub_cache_dir, is_offline, parse_model_spec
 
 __all__ = ["load_controlnet", "draw_face_mesh", "condition_tensor"]
