@@ -96,7 +96,8 @@ def test_ray_plan_and_fake_gpu_run(tmp_path, sd_manifest):
         ray.shutdown()
     local_cfg = RunConfig(out_dir=str(tmp_path / "local"), base_dir=manifest.base_dir, cpu_threads=1)
     run_local(table.to_pylist(), local_cfg)
-    got, want = scan_results(tmp_path / "ray").table, scan_results(tmp_path / "local").table
+    columns = ("output_sha256",)
+    got, want = scan_results(tmp_path / "ray", columns).table, scan_results(tmp_path / "local", columns).table
     assert got.column("status").to_pylist() == ["ok"] * 4
     for a, b in zip(sorted(got.to_pylist(), key=lambda r: r["id"]), sorted(want.to_pylist(), key=lambda r: r["id"])):
         assert a["output_sha256"] == b["output_sha256"], a["id"]
