@@ -104,7 +104,7 @@ def measure(kind: str, work: Path) -> dict:
         counts = validate_manifest(manifest, MediaPolicy(allowed_schemes=frozenset({"file"})))
         detail = f"{counts.ok} ok, {counts.invalid} invalid"
     elif kind == "catalog":
-        from editflow.catalog import build_tryon_manifest
+        from editflow.commands.manifest_tryon import build_tryon_manifest
 
         stats = build_tryon_manifest(work / "persons.jsonl", work / "garments.jsonl", work / "built.jsonl")
         detail = f"{stats.pairs} pairs"
@@ -133,7 +133,7 @@ def in_subprocess(*args: str) -> dict:
 
 
 def bookkeeping(rows: int, tmp: Path) -> None:
-    from editflow.catalog import build_tryon_manifest
+    from editflow.commands.manifest_tryon import build_tryon_manifest
 
     work = tmp / f"book-{rows}"
     work.mkdir()
