@@ -39,7 +39,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install
-	$(PY) bench/bench_runners.py
+	$(PY) -m bench.bench_runners
 
 clean:
 	rm -rf $(VENV) out bench/out .pytest_cache

@@ -1,6 +1,6 @@
 """Catalog try-on pairs per second with the builtin engine, with and without the worker caches.
 
-    python bench/bench_catalog.py [--executor local|ray]
+    python -m bench.bench_catalog [--executor local|ray]
 
 The sample catalog (manifests/catalog: 3 persons x 4 garments = 12 pairs) runs twice in one
 process: with the per-person mask cache and per-garment encoding cache (the default), and with
@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from editflow.catalog import build_tryon_manifest  # noqa: E402
-from editflow.config import RunConfig  # noqa: E402
-from editflow.manifest import read_manifest  # noqa: E402
-from editflow.runners.driver import run_manifest  # noqa: E402
+from editflow.commands.manifest_tryon import build_tryon_manifest
+from editflow.config import RunConfig
+from editflow.manifest import read_manifest
+from editflow.runners.driver import run_manifest
 
 
 def main() -> None:

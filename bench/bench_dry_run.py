@@ -1,6 +1,6 @@
 """`run --dry-run` at scale: seconds and peak RSS to read and plan manifests of 10^5 and 10^6 rows.
 
-    .venv/bin/python bench/bench_dry_run.py [--rows 100000 1000000]
+    .venv/bin/python -m bench.bench_dry_run [--rows 100000 1000000]
 
 The manifest mixes tasks, engines and mask kinds (a few dozen groups), as a catalog run would.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,10 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from editflow.manifest import read_manifest  # noqa: E402
-from editflow.run_plan import make_plan  # noqa: E402
+from editflow.manifest import read_manifest
+from editflow.run_plan import make_plan
 
 TASKS = ["inpaint", "sdedit", "repaint", "tryon", "makeup"]
 MASKS = ["box:1,1,9,9", None, "face:lips", "garment:upper", "polygon:1,1;5,1;5,5", "full"]

@@ -1,6 +1,6 @@
 """Masks per second for face parts and garment masks at 512 px on this machine's CPU.
 
-    python bench/bench_masks.py [--n 40] [--size 512]
+    python -m bench.bench_masks [--n 40] [--size 512]
 
 On the scikit-image astronaut (512 x 512). "cold" = a new image every time (landmarks or pose run,
 then the part is drawn: what a run pays per distinct photo); "warm" = the same image and spec again
@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from editflow.masks.auto import AutoMasker, MaskContext  # noqa: E402
-from editflow.masks.spec import parse_mask_spec  # noqa: E402
+from editflow.masks.auto import AutoMasker, MaskContext
+from editflow.masks.spec import parse_mask_spec
 
 
 def rate(fn, n: int) -> float:

@@ -5,7 +5,7 @@ patch matching (denoiser.predict), its effective GFLOP/s (2·M·N·D per logits 
 weighted average) and that rate as a fraction of `torch.mm` GFLOP/s measured in the same run on
 the same kind of shape (queries × data with inner dimension D = 147).
 
-    python bench/bench_patch_prior.py [--runs 5] [--size 256] [--device cpu] [--task inpaint]
+    python -m bench.bench_patch_prior [--runs 5] [--size 256] [--device cpu] [--task inpaint]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Writes fake runs under bench/out/report-<N>/ (result files of 1,000 rows that po
 images, so thumbnails are few and the figures are the report's own reading and rendering), builds
 each report in a fresh process and prints its figures and the large/small ratios.
 
-    PYTHONPATH=$PWD python bench/bench_report.py [--rows 100000] [--page-size 200]
+    python -m bench.bench_report [--rows 100000] [--page-size 200]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Rows/s of the demo manifest with the local and the Ray executor, and Ray's start-up time.
 
-    python bench/bench_runners.py [--repeat N] [--engine builtin|opencv] [--workers W]
+    python -m bench.bench_runners [--repeat N] [--engine builtin|opencv] [--workers W]
 
 The manifest is the demo's rows repeated N times (fresh ids), so steady-state throughput shows
 beside Ray's fixed costs. Both executors run in this one process, one after the other.
@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from editflow.config import RunConfig  # noqa: E402
-from editflow.manifest import read_manifest  # noqa: E402
-from editflow.runners.driver import run_manifest  # noqa: E402
+from editflow.config import RunConfig
+from editflow.manifest import read_manifest
+from editflow.runners.driver import run_manifest
 
 
 def repeated_manifest(folder: Path, repeat: int) -> Path:

@@ -1,6 +1,6 @@
 """Scale figures in one run: bookkeeping at 1e5 and 1e6 rows, and end-to-end rows/s on 32 px images.
 
-    python bench/bench_scale.py [--rows 20000] [--bookkeeping 100000,1000000] [--workers 2] [--skip-e2e]
+    python -m bench.bench_scale [--rows 20000] [--bookkeeping 100000,1000000] [--workers 2] [--skip-e2e]
 
 Bookkeeping (each measured in its own subprocess, so its peak RSS is its own):
   - manifest read + validate (a try-on catalog manifest, JSONL and Parquet; images exist, not decoded)
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 GARMENTS = 1000
 IMAGES = 16
@@ -105,7 +104,7 @@ def measure(kind: str, work: Path) -> dict:
         counts = validate_manifest(manifest, MediaPolicy(allowed_schemes=frozenset({"file"})))
         detail = f"{counts.ok} ok, {counts.invalid} invalid"
     elif kind == "catalog":
-        from editflow.catalog import build_tryon_manifest
+        from editflow.commands.manifest_tryon import build_tryon_manifest
 
         stats = build_tryon_manifest(work / "persons.jsonl", work / "garments.jsonl", work / "built.jsonl")
         detail = f"{stats.pairs} pairs"
@@ -134,7 +133,7 @@ def in_subprocess(*args: str) -> dict:
 
 
 def bookkeeping(rows: int, tmp: Path) -> None:
-    from editflow.catalog import build_tryon_manifest
+    from editflow.commands.manifest_tryon import build_tryon_manifest
 
     work = tmp / f"book-{rows}"
     work.mkdir()

@@ -1,9 +1,9 @@
 """Benchmark the `sd` engine on a full-size SD 1.5-architecture model with random weights (no download).
 
-    python bench/bench_sd.py              # CPU: seconds per denoising step at 512 px (1 warm-up + 1 timed
+    python -m bench.bench_sd              # CPU: seconds per denoising step at 512 px (1 warm-up + 1 timed
                                           #   step without and with CFG); GPU part when CUDA is present
-    python bench/bench_sd.py --vae        # also time one VAE encode + decode at 512 px on the CPU
-    python bench/bench_sd.py --tiny       # smoke test of every code path with tiny models at 64 px
+    python -m bench.bench_sd --vae        # also time one VAE encode + decode at 512 px on the CPU
+    python -m bench.bench_sd --tiny       # smoke test of every code path with tiny models at 64 px
     bench/gpu_check.sh                    # the prepared GPU check (under 8 minutes on one H100/H200)
 
 The UNet (859.5 M parameters, 9-channel inpainting variant), VAE (83.7 M) and CLIP ViT-L text encoder
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SD15_UNET = dict(
@@ -78,7 +76,7 @@ def build_components(tiny: bool, in_channels: int = 9) -> dict:
 
 def cpu_part(c: dict, size: int, with_vae: bool) -> dict:
     """Seconds per denoising step (one UNet call through the editflow denoiser) at `size` px on the CPU."""
-    from editflow.engines.latent import LatentCondition, LatentUNetDenoiser
+    from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser
 
     d = LatentUNetDenoiser(c["unet"], c["vae"], "epsilon", rows_per_call=1)
     s = d.scale_factor
@@ -145,7 +143,7 @@ def throughput_part(c: dict, device: str, size: int, steps: int, micro_batches: 
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
 
-    from editflow.engines.device import pipeline_vae
+    from editflow.diffusion.device import pipeline_vae
     from editflow.engines.sd import SDEngine
 
     cuda = device.startswith("cuda")
@@ -177,7 +175,7 @@ def throughput_part(c: dict, device: str, size: int, steps: int, micro_batches: 
                                               requires_safety_checker=False)
         part: dict = {}
         for mb in micro_batches:
-            engine = SDEngine.from_pipeline(pipe, device=device, model="random-sd15-inpaint", dtype=dtype, micro_batch=mb)
+            engine = SDEngine(pipe, device=device, model="random-sd15-inpaint", dtype=dtype, micro_batch=mb)
             seconds, peak = timed(lambda: check(engine.edit_batch(reqs)))
             part[f"pipeline_mb{mb}"] = {"img_s": round(rows / seconds, 3), "gpu_s_per_row": round(seconds / rows, 3),
                                         "peak_gib": peak}

@@ -6,7 +6,7 @@ ring around the hole: mean Sobel gradient magnitude (texture energy), colour mea
 Distance (lower = better) = |g_fill - g_ring| / g_ring + |mean_fill - mean_ring| / |std_ring|
 + |std_fill - std_ring| / |std_ring| (colour vectors in RGB, norms Euclidean).
 
-    python bench/quality_sheet.py [--out bench/out/quality_sheet.png] [--size 256] [--seed 0] [--params '{}']
+    python -m bench.quality_sheet [--out bench/out/quality_sheet.png] [--size 256] [--seed 0] [--params '{}']
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ lies above the shoulders (hair, neck) and beside the torso; makeup — the large
 the eyeball pixels (this checkout's `eye_opening`), the eyeshadow's and lips' (a, b) distance to
 the reference's.
 
-    python bench/quality_tryon_makeup.py --rev 5038769 [--out bench/out] [--seed 0]
+    python -m bench.quality_tryon_makeup --rev 5038769 [--out bench/out] [--seed 0]
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from editflow.config import ENGINE_SWITCHES, OUTPUT_FORMATS
 from editflow.engines import DEFAULT_ENGINE, engine_names
 from editflow.errors import EditflowError
 from editflow.manifest import TASKS, read_manifest
+from editflow.tasks import CATEGORIES
 
 EXIT_OK, EXIT_FATAL, EXIT_ROW_ERRORS = 0, 1, 2
 
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--prompt", default=None)
     edit.add_argument("--negative-prompt", default=None)
     edit.add_argument("--reference", default=None, help="reference image (garment for tryon, face for makeup)")
-    edit.add_argument("--category", default=None, choices=("upper", "lower", "dress"))
+    edit.add_argument("--category", default=None, choices=CATEGORIES)
     edit.add_argument("--seed", type=int, default=None)
     edit.add_argument("--steps", type=int, default=None)
     edit.add_argument("--strength", type=float, default=None)
@@ -175,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--workers", type=int, default=4, help="threads making thumbnails (default 4)")
     report.set_defaults(func=cmd_report)
 
-    from editflow import models_cli
-    from editflow.masks import preview as masks_preview
+    from editflow.commands import masks as masks_preview
+    from editflow.commands import models as models_cli
 
     models_cli.add_parser(sub).set_defaults(func=models_cli.run)
     _add_verbose(masks_preview.add_parser(sub))
@@ -312,7 +313,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest_tryon(args: argparse.Namespace) -> int:
-    from editflow.catalog import build_tryon_manifest
+    from editflow.commands.manifest_tryon import build_tryon_manifest
 
     stats = build_tryon_manifest(args.persons, args.garments, args.out, category_column=args.category_column,
                                  engine=args.engine, prompt=args.prompt)

@@ -29,9 +29,7 @@ import pyarrow.parquet as pq
 from editflow import storage
 from editflow.masks.spec import MaskSpec, MaskSpecError, parse_mask_spec
 from editflow.errors import EditflowError
-
-TASKS = ("inpaint", "sdedit", "repaint", "tryon", "makeup")
-CATEGORIES = ("upper", "lower", "dress")
+from editflow.tasks import CATEGORIES, TASKS
 REQUIRED_COLUMNS = ("id", "task", "image")
 #: every manifest column, in order; all are carried as strings until `parse_row`.
 COLUMNS = (

@@ -42,8 +42,6 @@ __all__ = [
     "ModelNotAvailableError",
     "ModelSource",
     "ModelInfo",
-    "ENGINE_MODELS",
-    "DEFAULT_MODELS",
     "RuntimeOptions",
     "parse_model_spec",
     "is_offline",
@@ -54,7 +52,7 @@ __all__ = [
     "load_sd_pipeline",
     "load_pixel_unet",
     "single_file_layout",
-    "list_models",
+    "model_entry",
 ]
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -66,48 +64,11 @@ class ModelNotAvailableError(EditflowError, RuntimeError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model an engine is known to work with (what `editflow models` lists)."""
+    """A model an engine is known to work with (engines declare theirs; `editflow models` lists them)."""
 
     id: str
     kind: str  # e.g. "sd inpaint (9-channel)", "sd (4-channel)", "ddpm pixel"
     note: str = ""
-
-
-#: engine -> the models it expects; the first is the engine's default. Engines without weights list none.
-ENGINE_MODELS: dict[str, list[ModelInfo]] = {
-    "builtin": [],
-    "opencv": [],
-    "sd": [
-        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel)",
-                  "inpaint via diffusers' pipeline; repaint/sdedit via the editflow sampler"),
-        ModelInfo("stabilityai/stable-diffusion-2-inpainting", "SD 2 inpaint (9-channel)"),
-        ModelInfo("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "SDXL inpaint (9-channel)"),
-        ModelInfo("stable-diffusion-v1-5/stable-diffusion-v1-5", "SD 1.5 (4-channel)",
-                  "latent SDEdit / RePaint / masked inpaint through the editflow sampler"),
-        ModelInfo("stabilityai/stable-diffusion-2-1-base", "SD 2.1 base (4-channel)"),
-        ModelInfo("stabilityai/stable-diffusion-xl-base-1.0", "SDXL base (4-channel)"),
-    ],
-    "ddpm": [
-        ModelInfo("google/ddpm-ema-celebahq-256", "DDPM pixel UNet (256 px faces)", "RePaint through the editflow sampler"),
-        ModelInfo("google/ddpm-ema-church-256", "DDPM pixel UNet (256 px churches)"),
-        ModelInfo("google/ddpm-ema-bedroom-256", "DDPM pixel UNet (256 px bedrooms)"),
-    ],
-    "sd-ipadapter": [
-        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint + IP-Adapter (try-on)",
-                  "any SD model `sd` takes; the adapter comes from params ip_adapter"),
-        ModelInfo("h94/IP-Adapter", "IP-Adapter weights + CLIP image encoder",
-                  "models/ip-adapter-plus_sd15.safetensors (the try-on default when present), else "
-                  "models/ip-adapter_sd15.safetensors; and models/image_encoder"),
-    ],
-    "concat": [
-        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel) for concat try-on",
-                  "plus a self-attention checkpoint (.safetensors, e.g. CatVTON's) in params attention"),
-        ModelInfo("timbrooks/instruct-pix2pix", "InstructPix2Pix (8-channel): the mask-free concat variant's base",
-                  "with a mask-free self-attention checkpoint in params attention"),
-    ],
-}
-
-DEFAULT_MODELS: dict[str, str] = {name: models[0].id for name, models in ENGINE_MODELS.items() if models}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +123,7 @@ def parse_model_spec(spec: str) -> ModelSource:
     if _looks_like_path(raw):
         raise ModelNotAvailableError(
             f"model {spec!r} not found: no such file or folder ({str(path.absolute())}). Pass an existing diffusers "
-            "folder or checkpoint file, or a hub id such as "
-            f"{DEFAULT_MODELS['sd']!r}; `editflow models` lists the known ones"
+            "folder or checkpoint file, or a hub id (org/name[@revision]); `editflow models` lists the known ones"
         )
     repo, _, revision = spec.partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
@@ -532,29 +492,8 @@ def load_pixel_unet(spec: str, dtype: Any) -> tuple[Any, dict[str, Any], ModelSo
     return unet, schedule, source, revision
 
 
-# ---------------------------------------------------------------------------------------------
-# Listing (the `editflow models` command)
-
-
-def list_models(extra: list[str] | None = None) -> list[dict[str, Any]]:
-    """One entry per (engine, model): engine, model, kind, default, available, where, fetch."""
-    from editflow.engines import engine_names
-
-    entries: list[dict[str, Any]] = []
-    for engine in engine_names():
-        models = ENGINE_MODELS.get(engine)
-        if not models:
-            entries.append({"engine": engine, "model": None, "kind": "no weights" if models is not None else "?",
-                            "default": True, "available": True, "where": "", "fetch": ""})
-            continue
-        for i, info in enumerate(models):
-            entries.append(_entry(engine, info.id, info.kind, i == 0))
-    for spec in extra or []:
-        entries.append(_entry("?", spec, "given", False))
-    return entries
-
-
-def _entry(engine: str, spec: str, kind: str, default: bool) -> dict[str, Any]:
+def model_entry(engine: str, spec: str, kind: str, default: bool) -> dict[str, Any]:
+    """What `editflow models` says about one (engine, model): availability, where, how to fetch."""
     status = local_status(spec)
     fetch = fetch_command(status.source) if status.source is not None and status.source.kind == "hub" else ""
     return {"engine": engine, "model": spec, "kind": kind, "default": default, "available": status.available,

@@ -32,7 +32,7 @@ from PIL import Image
 
 from editflow import storage
 from editflow.errors import EditflowError
-from editflow.masks.preview import overlay
+from editflow.masks.render import overlay
 from editflow.media import MediaError, MediaPolicy, decode_image, encode_image, load_image
 from editflow.report_page import render_page
 from editflow.results import _FILE, _ROW, results_dir, scan_results

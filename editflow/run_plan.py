@@ -19,10 +19,8 @@ import pyarrow.compute as pc
 
 from editflow.engines import DEFAULT_ENGINE, EngineError, engine_target
 from editflow.manifest import TASKS, Manifest
-from editflow.masks.spec import AUTO_KINDS, URI_SCHEMES
-
-#: what `auto` (or an empty mask cell) means per task; other tasks need an explicit mask
-AUTO_MASK = {"sdedit": "full", "tryon": "garment", "makeup": "face"}
+from editflow.masks.spec import URI_SCHEMES
+from editflow.tasks import AUTO_MASK_KINDS, AUTO_MASKS
 SPEC_KINDS = ("box", "polygon", "sam", "face", "garment")  # written kind:...
 BARE_KINDS = ("auto", "full", "person")  # written alone
 
@@ -94,17 +92,22 @@ def _mask_kind(head: str, colon: bool, task: str) -> str:
             return "file"
         return "invalid"
     if head in BARE_KINDS:
-        return AUTO_MASK.get(task, "auto?") if head == "auto" else head
+        return AUTO_MASKS[task].partition(":")[0] if head == "auto" and task in AUTO_MASKS else \
+            ("auto?" if head == "auto" else head)
     return "file"
 
 
 def _model_spec(engine: str, model: str) -> str | None:
     """The model a group of rows needs: theirs, else the engine's default; None for weight-free engines."""
-    from editflow.models import DEFAULT_MODELS, ENGINE_MODELS
+    from editflow.engines import get_engine_class
 
-    if engine in ENGINE_MODELS and not ENGINE_MODELS[engine]:
+    try:
+        cls = get_engine_class(engine)
+    except EngineError:
+        return model or None
+    if not cls.models:
         return None
-    return model or DEFAULT_MODELS.get(engine)
+    return model or cls.default_model()
 
 
 def _mask_model(kind: str, sam_checkpoint: str | None, sam_model_type: str) -> tuple[str | None, bool]:
@@ -115,7 +118,7 @@ def _mask_model(kind: str, sam_checkpoint: str | None, sam_model_type: str) -> t
             return f"a segment-anything checkpoint ({resolve_checkpoint(sam_checkpoint, sam_model_type)})", True
         except SamCheckpointError:
             return "a segment-anything checkpoint (--sam-checkpoint)", False
-    if kind in AUTO_KINDS:
+    if kind in AUTO_MASK_KINDS:
         return "MediaPipe (editflow[masks])", importlib.util.find_spec("mediapipe") is not None
     return None, True
 

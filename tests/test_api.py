@@ -17,7 +17,6 @@ import editflow
 from editflow import cli
 from editflow.errors import EditflowError
 from tests.conftest import ASSETS, REPO, textured_image, write_image, write_jsonl
-from tests.conftest_models import empty_hub_cache, tiny_models  # noqa: F401 (fixtures)
 
 BOX = "box:20,10,70,50"
 

@@ -10,14 +10,13 @@ from editflow.diffusion.sampler import SamplerConfig, make_scheduler, plan_trans
 from editflow.engines.base import EditRequest
 from editflow.models import ModelNotAvailableError
 from tests.conftest import textured_image
-from tests.conftest_models import empty_hub_cache, tiny_models  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
 def ddpm(tiny_models):
     from editflow.engines.ddpm import DDPMEngine
 
-    return DDPMEngine(model=str(tiny_models["ddpm"]), device="cpu")
+    return DDPMEngine.from_pretrained(model=str(tiny_models["ddpm"]), device="cpu")
 
 
 def req(image, mask, seed=1, task="repaint", rid="r", **kw):
@@ -71,7 +70,7 @@ def test_sdedit_and_inpaint_tasks(ddpm):
 
 
 def test_pixel_denoiser_v_prediction_is_converted_to_epsilon():
-    from editflow.engines.latent import PixelUNetDenoiser
+    from editflow.diffusion.unets import PixelUNetDenoiser
 
     class FakeUNet(torch.nn.Module):
         config = type("C", (), {"block_out_channels": (8, 16)})()
@@ -91,4 +90,4 @@ def test_missing_hub_model_message(empty_hub_cache):
     from editflow.engines.ddpm import DDPMEngine
 
     with pytest.raises(ModelNotAvailableError, match=r"google/ddpm-ema-celebahq-256.*hf download"):
-        DDPMEngine(device="cpu")
+        DDPMEngine.from_pretrained(device="cpu")

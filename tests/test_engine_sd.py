@@ -11,7 +11,6 @@ from editflow.diffusion.sampler import SamplerConfig, make_scheduler, plan_trans
 from editflow.engines.base import EditRequest, composite_unmasked, unmasked_max_diff
 from editflow.engines.crop import plan_crop
 from tests.conftest import textured_image
-from tests.conftest_models import tiny_models  # noqa: F401 (fixture)
 
 _ENGINES: dict = {}
 
@@ -24,7 +23,7 @@ def engine(tiny_models):
     def get(name: str, **options):
         key = (name, tuple(sorted(options.items())))
         if key not in _ENGINES:
-            _ENGINES[key] = SDEngine(model=str(tiny_models[name]), device="cpu", **options)
+            _ENGINES[key] = SDEngine.from_pretrained(model=str(tiny_models[name]), device="cpu", **options)
         return _ENGINES[key]
 
     return get

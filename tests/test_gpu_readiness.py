@@ -15,7 +15,6 @@ import torch
 
 from editflow.engines.base import EditRequest
 from tests.conftest import textured_image
-from tests.conftest_models import tiny_ip_adapter, tiny_models  # noqa: F401 (fixtures)
 
 IMG = textured_image(64, 56, seed=31)
 MASK = np.zeros((56, 64), np.float32)
@@ -91,7 +90,7 @@ def attention_ckpt(tiny_models, tmp_path_factory):
 def test_concat_row_leaves_no_gradients_and_cached_latents_carry_no_graph(tiny_models, attention_ckpt):
     from editflow.engines.tryon_sd import ConcatTryOnEngine
 
-    e = ConcatTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", attention=str(attention_ckpt))
+    e = ConcatTryOnEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu", attention=str(attention_ckpt))
     ok(e.edit_batch([request("tryon", reference=GARMENT, reference_key="g1", category="upper")]))
     for module in (e.unet, e.vae):
         assert not any(p.requires_grad for p in module.parameters())
@@ -102,7 +101,7 @@ def test_concat_row_leaves_no_gradients_and_cached_latents_carry_no_graph(tiny_m
 def test_sd_engine_models_are_frozen(tiny_models):
     from editflow.engines.sd import SDEngine
 
-    e = SDEngine(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
     for name in ("unet", "vae", "text_encoder"):
         assert not any(p.requires_grad for p in getattr(e.pipe, name).parameters()), name
 
@@ -124,9 +123,9 @@ def _offload(*modules: torch.nn.Module) -> None:
 def test_sampler_path_runs_under_offload_hooks_with_the_same_bytes(tiny_models, name, task):
     from editflow.engines.sd import SDEngine
 
-    plain = SDEngine(model=str(tiny_models[name]), device="cpu")
+    plain = SDEngine.from_pretrained(model=str(tiny_models[name]), device="cpu")
     (want,) = ok(plain.edit_batch([request(task, jump_length=2, jump_n_sample=2)]))
-    e = SDEngine(model=str(tiny_models[name]), device="cpu")
+    e = SDEngine.from_pretrained(model=str(tiny_models[name]), device="cpu")
     _offload(e.pipe.unet, e.pipe.vae, e.pipe.text_encoder)
     (got,) = ok(e.edit_batch([request(task, jump_length=2, jump_n_sample=2)]))
     assert np.array_equal(got.image, want.image)
@@ -135,9 +134,9 @@ def test_sampler_path_runs_under_offload_hooks_with_the_same_bytes(tiny_models, 
 def test_concat_runs_under_offload_hooks(tiny_models, attention_ckpt):
     from editflow.engines.tryon_sd import ConcatTryOnEngine
 
-    e = ConcatTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", attention=str(attention_ckpt))
+    e = ConcatTryOnEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu", attention=str(attention_ckpt))
     (want,) = ok(e.edit_batch([request("tryon", reference=GARMENT, category="upper")]))
-    f = ConcatTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", attention=str(attention_ckpt))
+    f = ConcatTryOnEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu", attention=str(attention_ckpt))
     f.set_attention(str(attention_ckpt))
     _offload(f.unet, f.vae)
     (got,) = ok(f.edit_batch([request("tryon", reference=GARMENT, category="upper")]))
@@ -147,7 +146,7 @@ def test_concat_runs_under_offload_hooks(tiny_models, attention_ckpt):
 def test_ipadapter_runs_under_offload_hooks(tiny_models, tiny_ip_adapter):
     from editflow.engines.tryon_sd import SDIPAdapterTryOnEngine
 
-    e = SDIPAdapterTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", ip_adapter=str(tiny_ip_adapter))
+    e = SDIPAdapterTryOnEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu", ip_adapter=str(tiny_ip_adapter))
     row = request("tryon", reference=GARMENT, category="upper")
     (want,) = ok(e.edit_batch([row]))
     _offload(e.pipe.unet, e.pipe.vae, e.pipe.text_encoder, e.adapter.encoder)
@@ -157,7 +156,7 @@ def test_ipadapter_runs_under_offload_hooks(tiny_models, tiny_ip_adapter):
 
 
 def test_execution_device_reads_the_hooks():
-    from editflow.engines.device import execution_device
+    from editflow.diffusion.device import execution_device
 
     lin = torch.nn.Linear(2, 2)
     assert execution_device(lin) == torch.device("cpu")
@@ -170,7 +169,7 @@ def test_execution_device_reads_the_hooks():
 def test_fp16_nine_channel_inpaint_with_force_upcast_vae(tmp_path):
     from editflow.engines.sd import SDEngine
 
-    e = SDEngine.from_pipeline(tiny_pipe("sd-inpaint", tmp_path, force_upcast=True), device="cpu", dtype="fp16")
+    e = SDEngine(tiny_pipe("sd-inpaint", tmp_path, force_upcast=True), device="cpu", dtype="fp16")
     assert e.pipe.unet.dtype == torch.float16
     calls = Calls(decoder=e.pipe.vae.decoder)
     (a,) = ok(e.edit_batch([request("inpaint")]))  # diffusers' inpaint pipeline, fp16 throughout
@@ -192,7 +191,7 @@ def test_sliced_attention_with_ip_adapter_load_and_swap(tiny_models, tiny_ip_ada
 
     other = tmp_path / "ip2"
     shutil.copytree(tiny_ip_adapter, other)
-    e = SDIPAdapterTryOnEngine(model=str(tiny_models["sd-inpaint"]), device="cpu", ip_adapter=str(tiny_ip_adapter),
+    e = SDIPAdapterTryOnEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu", ip_adapter=str(tiny_ip_adapter),
                                attention_slicing=True)
     rows = [request("tryon", reference=g, category="upper", rid=str(i)) for i, g in enumerate((GARMENT, GARMENT_2))]
     a, b = ok(e.edit_batch(rows))
@@ -239,7 +238,7 @@ def _flagging_pipe(tmp_path):
 def test_safety_checker_is_off_by_default(tmp_path):
     from editflow.engines.sd import SDEngine
 
-    e = SDEngine.from_pipeline(_flagging_pipe(tmp_path), device="cpu")
+    e = SDEngine(_flagging_pipe(tmp_path), device="cpu")
     (r,) = ok(e.edit_batch([request("inpaint")]))
     assert r.image[MASK > 0].max() > 0 and r.nsfw is None
 
@@ -247,7 +246,7 @@ def test_safety_checker_is_off_by_default(tmp_path):
 def test_safety_checker_opt_in_flags_rows_on_both_paths(tmp_path):
     from editflow.engines.sd import SDEngine
 
-    e = SDEngine.from_pipeline(_flagging_pipe(tmp_path), device="cpu", safety_checker=True)
+    e = SDEngine(_flagging_pipe(tmp_path), device="cpu", safety_checker=True)
     a, b = ok(e.edit_batch([request("inpaint", rid="a"), request("repaint", rid="b")]))
     assert a.nsfw is True and b.nsfw is True
 
@@ -261,7 +260,7 @@ def test_flagged_row_is_an_nsfw_error_row_not_a_black_ok_row(tmp_path):
 
     config = RunConfig(out_dir=str(tmp_path), engine="sd", model="tiny", device="cpu")
     stage = EditStage(config)
-    stage.engines[(engine_target("sd", "inpaint"), "tiny")] = SDEngine.from_pipeline(
+    stage.engines[(engine_target("sd", "inpaint"), "tiny")] = SDEngine(
         _flagging_pipe(tmp_path), device="cpu", safety_checker=True)
     row = new_row({"id": "r1", "task": "inpaint", "image": "x.png", "mask": "box:12,14,52,46", "prompt": "a cat",
                    "steps": "3", "seed": "1"}, config.run_id)
@@ -276,7 +275,7 @@ def test_flagged_row_is_an_nsfw_error_row_not_a_black_ok_row(tmp_path):
 def test_sdxl_fp16_inpaint_then_repaint_keeps_the_fp32_vae(tmp_path):
     from editflow.engines.sd import SDEngine
 
-    e = SDEngine.from_pipeline(tiny_pipe("sdxl-inpaint", tmp_path, force_upcast=True), device="cpu", dtype="fp16")
+    e = SDEngine(tiny_pipe("sdxl-inpaint", tmp_path, force_upcast=True), device="cpu", dtype="fp16")
     calls = Calls(encoder=e.pipe.vae.encoder, decoder=e.pipe.vae.decoder)
     ok(e.edit_batch([request("inpaint")]))
     assert e.pipe.vae.dtype == torch.float32
@@ -306,7 +305,7 @@ def test_bf16_only_on_compute_capability_8(monkeypatch, capability, want):
 def test_oom_splits_the_group_and_retries(tiny_models):
     from editflow.engines.sd import SDEngine
 
-    e = SDEngine(model=str(tiny_models["sd"]), device="cpu", micro_batch=4)
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd"]), device="cpu", micro_batch=4)
     seen = []
 
     def hook(module, args, kwargs):
@@ -321,7 +320,7 @@ def test_oom_splits_the_group_and_retries(tiny_models):
     finally:
         handle.remove()
     assert len(results) == 3 and seen[0] == 6 and 4 in seen and seen[-1] == 2  # 3 rows -> 1 + 2 -> 1 + 1
-    alone = SDEngine(model=str(tiny_models["sd"]), device="cpu")
+    alone = SDEngine.from_pretrained(model=str(tiny_models["sd"]), device="cpu")
     for row, result in zip(rows, results):
         (want,) = ok(alone.edit_batch([row]))
         assert np.array_equal(result.image, want.image)
@@ -357,7 +356,7 @@ def test_oom_fails_only_the_rows_that_still_do_not_fit():
 def test_pipeline_path_evaluations_per_row(tiny_models):
     from editflow.engines.sd import SDEngine
 
-    e = SDEngine(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
     calls = Calls(unet=e.pipe.unet, encoder=e.pipe.vae.encoder, decoder=e.pipe.vae.decoder,
                   text=e.pipe.text_encoder)
     steps, n = 3, 2
@@ -370,7 +369,7 @@ def test_pipeline_path_evaluations_per_row(tiny_models):
 def test_sampler_path_evaluations_per_row(tiny_models):
     from editflow.engines.sd import SDEngine
 
-    e = SDEngine(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
     calls = Calls(unet=e.pipe.unet, encoder=e.pipe.vae.encoder, decoder=e.pipe.vae.decoder)
     ok(e.edit_batch([request("inpaint", params={"sampler": True}, steps=3, negative_prompt="x")]))
     # one encode of the image (known region), one of the masked image (9-channel input), one decode
@@ -379,10 +378,10 @@ def test_sampler_path_evaluations_per_row(tiny_models):
 
 def test_sdedit_start_is_not_encoded_at_strength_one(tiny_models):
     from editflow.diffusion.sampler import SamplerConfig, masked_sample
-    from editflow.engines.latent import LatentCondition, LatentUNetDenoiser
+    from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser
     from editflow.engines.sd import SDEngine
 
-    e = SDEngine(model=str(tiny_models["sd"]), device="cpu")
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd"]), device="cpu")
     d = LatentUNetDenoiser(e.pipe.unet, e.pipe.vae)
     calls = Calls(encoder=e.pipe.vae.encoder)
     images = torch.zeros(1, 3, 64, 64)
@@ -417,7 +416,7 @@ def test_engines_of_one_model_share_one_pipeline_and_keep_their_bytes(tmp_path, 
     rows = stage([row("a", "repaint", "sd"), row("b", "tryon", "sd-ipadapter", category="upper", reference="g.png", params=params),
                   row("c", "repaint", "sd")])
     assert [r["status"] for r in rows] == ["ok"] * 3, [r.get("error_message") for r in rows]
-    (alone,) = ok(SDEngine(model=model, device="cpu").edit_batch([request("repaint", seed=4, prompt="a cat")]))
+    (alone,) = ok(SDEngine.from_pretrained(model=model, device="cpu").edit_batch([request("repaint", seed=4, prompt="a cat")]))
     assert np.array_equal(rows[0]["_output"], rows[2]["_output"])  # the adapter left the plain UNet as it was
     assert np.array_equal(rows[0]["_output"][MASK > 0], alone.image[MASK > 0])
 

@@ -16,7 +16,6 @@ import pytest
 from editflow import cli, storage
 from editflow.lease import LEASE_NAME, LeaseHeld, LeaseRecord, acquire, read_lease
 from tests.conftest import REPO, write_image, write_jsonl
-from tests.s3_server import moto_endpoint, s3_bucket  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from editflow.config import RunConfig
-from editflow.masks import preview
+from editflow.commands import masks as preview
 from editflow.runners import local as local_runner
 from editflow.runners.stages import MaskStage, PrepareStage, new_row
 from tests.conftest import write_image, write_jsonl

@@ -14,7 +14,6 @@ from editflow.models import (
     ModelNotAvailableError, RuntimeOptions, load_pixel_unet, load_sd_pipeline, local_status, parse_model_spec,
     select_dtype, single_file_layout,
 )
-from tests.conftest_models import empty_hub_cache, tiny_models  # noqa: F401 (fixtures)
 
 
 def test_parse_hub_ids_with_and_without_revision():
@@ -83,7 +82,7 @@ def test_engine_construction_fails_with_the_message(empty_hub_cache):
     from editflow.engines.sd import SDEngine
 
     with pytest.raises(ModelNotAvailableError, match="stable-diffusion-v1-5/stable-diffusion-inpainting"):
-        SDEngine()  # the default model, not cached
+        SDEngine.from_pretrained()  # the default model, not cached
 
 
 def test_cached_hub_snapshot_is_found_offline(empty_hub_cache, tiny_models):
@@ -123,7 +122,7 @@ def test_single_file_layout_reads_the_header(tmp_path):
 
 
 def test_models_command_lists_engines_and_availability(empty_hub_cache, tiny_models, capsys):
-    from editflow import models_cli
+    from editflow.commands import models as models_cli
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
@@ -140,4 +139,6 @@ def test_models_command_lists_engines_and_availability(empty_hub_cache, tiny_mod
     data = json.loads(capsys.readouterr().out)
     assert data["offline"] and {e["engine"] for e in data["models"]} == {"ddpm"}
     assert all(not e["available"] for e in data["models"])
-    assert models.DEFAULT_MODELS["ddpm"] == "google/ddpm-ema-celebahq-256"
+    from editflow.engines import get_engine_class
+
+    assert get_engine_class("ddpm").default_model() == "google/ddpm-ema-celebahq-256"

@@ -17,7 +17,6 @@ from editflow.config import RunConfig
 from editflow.manifest import read_manifest
 from editflow.runners.placement import GPU_WINDOW, local_device, plan_placement
 from tests.conftest import write_image, write_jsonl
-from tests.conftest_models import tiny_models  # noqa: F401 (fixture)
 
 
 def test_diffusers_rows_ask_for_gpus_whether_or_not_the_cluster_has_them_now():

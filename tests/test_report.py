@@ -20,7 +20,6 @@ from editflow.media import sha256_hex
 from editflow.report import ReportError, build_report, page_name
 from editflow.results import to_result_table
 from tests.conftest import write_jsonl
-from tests.s3_server import moto_endpoint, s3_bucket  # noqa: F401  (fixtures)
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")

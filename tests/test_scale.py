@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from editflow import cli
-from editflow.catalog import build_tryon_manifest
+from editflow.commands.manifest_tryon import build_tryon_manifest
 from editflow.config import RunConfig
 from editflow.manifest import RowError, parse_row, read_manifest
 from editflow.manifest_index import index_manifest

@@ -47,3 +47,21 @@ class Denoiser(Protocol):
         the known image and mask, reference patches).
         """
         ...
+
+
+class PixelSpace:
+    """Base of pixel-space denoisers: the sampler works on the images themselves."""
+
+    space: Literal["pixel", "latent"] = "pixel"
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixel space: the identity."""
+        return images
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        """Pixel space: the identity."""
+        return samples
+
+    def mask_to_space(self, masks: torch.Tensor) -> torch.Tensor:
+        """Pixel space: masks are already at model resolution."""
+        return masks

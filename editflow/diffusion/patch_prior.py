@@ -33,6 +33,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from editflow.diffusion.denoiser import PixelSpace
+
 Window = Literal["gaussian", "uniform"]
 
 
@@ -66,7 +68,7 @@ class PatchPriorCondition:
         return int(self.known.shape[0])
 
 
-class PatchPriorDenoiser:
+class PatchPriorDenoiser(PixelSpace):
     """Denoiser (pixel space, predicts the clean sample) built on the closed-form patch prior.
 
     `chunk_elems` bounds the size of one logits block (queries × data) so memory stays bounded
@@ -74,7 +76,6 @@ class PatchPriorDenoiser:
     maths fused through `scaled_dot_product_attention` (homogeneous coordinates).
     """
 
-    space: Literal["pixel", "latent"] = "pixel"
     prediction: Literal["epsilon", "sample"] = "sample"
 
     def __init__(self, chunk_elems: int = 1 << 22, backend: Literal["gemm", "sdpa"] = "gemm") -> None:
@@ -83,18 +84,6 @@ class PatchPriorDenoiser:
         #: matching FLOPs (2·M·N·D per logits GEMM + 2·M·N·D per weighted average) since reset.
         self.flops = 0
         self.calls = 0
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Pixel space: the identity."""
-        return images
-
-    def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        """Pixel space: the identity."""
-        return samples
-
-    def mask_to_space(self, masks: torch.Tensor) -> torch.Tensor:
-        """Pixel space: masks are already at model resolution."""
-        return masks
 
     @torch.no_grad()
     def predict(

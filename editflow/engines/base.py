@@ -6,14 +6,17 @@ the original so that unmasked pixels stay exact for every engine (`composite_unm
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from editflow.engines.params import EngineParams
 from editflow.errors import EditflowError
+from editflow.models import ModelInfo
 
 
 @dataclass
@@ -41,6 +44,11 @@ class EditRequest:
     #: content hashes (sha256 of the input files): keys for per-worker caches of encodings
     image_key: str | None = None
     reference_key: str | None = None
+    #: facts the mask stage found in `image`, so the engine does not look again:
+    #: face landmarks (N × 478 × 2 float32 px, largest face first), or None
+    faces: np.ndarray | None = None
+    #: `params` parsed into the engine's `Params` (set by the batch loop; None until then)
+    typed_params: EngineParams | None = None
 
 
 @dataclass
@@ -68,21 +76,48 @@ class EditResult:
 
 
 class Engine(ABC):
-    """Base class of editing engines. Construct once per worker; call `edit_batch` many times."""
+    """Base class of editing engines. Build once per worker with `from_pretrained`; call `edit_batch`
+    many times; `close` when the worker is done."""
 
     #: registry name, e.g. "opencv", "builtin".
-    name: str = ""
+    name: ClassVar[str] = ""
     #: tasks this engine can run.
-    tasks: frozenset[str] = frozenset()
+    tasks: ClassVar[frozenset[str]] = frozenset()
+    #: the models this engine is known to work with; the first is its default (none: weight-free).
+    models: ClassVar[tuple[ModelInfo, ...]] = ()
+    #: the row params this engine reads: their names, types, defaults and docs.
+    Params: ClassVar[type[EngineParams]] = EngineParams
+    #: what it does and what weights it needs, for the README's engine table (`editflow models --markdown`).
+    summary: ClassVar[str] = ""
+    weights: ClassVar[str] = "none"
 
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         self.model = model
         self.device = device or "cpu"
         self.options = options
 
+    @classmethod
+    def default_model(cls) -> str | None:
+        """The model a row without one gets (None for weight-free engines)."""
+        return cls.models[0].id if cls.models else None
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, device: str | None = None, **options: Any) -> Engine:
+        """Load what the engine needs for `model` and build it (weight-free engines load nothing)."""
+        return cls(model=model, device=device, **options)
+
     @property
     def device_name(self) -> str:
         return str(self.device)
+
+    def params_of(self, request: EditRequest) -> Any:
+        """The request's params parsed into this engine's `Params` (ParamsError when they do not fit)."""
+        if isinstance(request.typed_params, self.Params):
+            return request.typed_params
+        return self.Params.parse(request.params, self.name)
+
+    def close(self) -> None:
+        """Free what the engine holds beyond memory (detectors, native handles); called when a worker ends."""
 
     @abstractmethod
     def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
@@ -139,11 +174,46 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass
+class RowJob:
+    """A request as a job of its own (engines whose rows never share a call)."""
+
+    index: int
+    request: EditRequest
+
+    def key(self) -> tuple:
+        return (self.index,)
+
+
 class JobEngine(Engine):
     """An engine that checks each request into a job (`_prepare`), then runs compatible jobs
-    together (`_run`): rows that share a size and settings share one batched call."""
+    together (`_run`): rows that share a size and settings share one batched call.
+
+    The loop per row: params parsed into `Params` -> `before` (a subclass's own first step, e.g.
+    a try-on's garment start) -> `_prepare` -> grouped `_run` -> `after` (e.g. shading put back).
+    A failure at any step is that row's error only."""
 
     def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        results: list[Any] = [None] * len(requests)
+        staged: dict[int, tuple[EditRequest, Any]] = {}
+        for i, request in enumerate(requests):
+            try:
+                request = dataclasses.replace(request, typed_params=self.params_of(request))
+                staged[i] = self.before(request)
+            except Exception as exc:
+                results[i] = exc
+        outputs = self.sample([request for request, _ in staged.values()])
+        for (i, (_, state)), output in zip(staged.items(), outputs):
+            if isinstance(output, EditResult):
+                try:
+                    output = self.after(requests[i], output, state)
+                except Exception as exc:
+                    output = exc
+            results[i] = output
+        return results
+
+    def sample(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
+        """Prepare and run `requests` as they are (no hooks): one result, or the row's exception, each."""
         results: list[Any] = [None] * len(requests)
         jobs = []
         for i, request in enumerate(requests):
@@ -154,9 +224,17 @@ class JobEngine(Engine):
         run_grouped(jobs, self._run, results)
         return [r if r is not None else EngineError("no result") for r in results]
 
-    @abstractmethod
+    def before(self, request: EditRequest) -> tuple[EditRequest, Any]:
+        """A row's own first step: the request the sampler sees and a state for `after`."""
+        return request, None
+
+    def after(self, request: EditRequest, result: EditResult, state: Any) -> EditResult:
+        """A row's own last step on its result (`request` is the row as it came in)."""
+        return result
+
     def _prepare(self, index: int, request: EditRequest) -> Any:
-        """Check one request and turn it into a job with `.index` and `.key()`."""
+        """Check one request and turn it into a job with `.index` and `.key()` (default: a job of its own)."""
+        return RowJob(index, request)
 
     @abstractmethod
     def _run(self, jobs: list[Any]) -> list[EditResult]:

@@ -19,9 +19,10 @@ Tasks and what the patch data set is:
   (most of the cost) runs plain. About 1.5× inpaint's time at 256 px.
 * tryon, makeup — the reference image's patches (only those inside `params["reference_mask"]`, an
   H'×W' float array, when given), rescaled so the reference's (masked) box matches the target mask's
-  box; the target's masked content is the init, strength default 0.8 (tryon) / 0.5 (makeup). This
-  is a *weight-free approximation*: it transfers the reference's colours and texture into the mask
-  but knows nothing of garments, faces or pose; the conditioned diffusers engines come later.
+  box; the target's masked content is the init. Rows reach this path through the try-on and
+  makeup engines (engines/tryon.py, engines/makeup.py), subclasses whose `before` hook builds the
+  start image and the reference data and sets their own default strength (0.2 try-on, 0.25
+  makeup); this class alone falls back to 0.8 / 0.5.
 
 Large images: the engine works on a crop around the mask's bounding box (plus a context margin of
 `context` × the box's long side, at least 32 px), downscaled so its long side is at most
@@ -29,12 +30,7 @@ Large images: the engine works on a crop around the mask's bounding box (plus a 
 composite pastes it over the original, so unmasked pixels stay exact; a small mask in a big photo
 keeps full resolution, a big mask comes back softer.
 
-Row params: `init` "noise" (default) or "telea" (start the coarsest level from an OpenCV Telea fill,
-at strength 0.8 unless the row sets one), `max_side`, `context`, `restart` (finer-level SDEdit
-strength, default 0.4), `fine_steps` (default 10), `patch_size` (default 7), `max_data` (data
-patches per row and level, default 4096), `max_queries` (query patches before striding, default
-4096), `locality` (layout prior length as a fraction of the level's long side, default 0.04;
-0 turns it off), `window_rho` (fold window std / patch size, default 0.1), `reference_mask`.
+Row params: `BuiltinParams` (below) says each one, its type and default.
 Defaults keep a 256 px image with a 25 % hole under 1 s on 2 CPU cores (bench/bench_patch_prior.py).
 
 Schedule: DDIM (eta 0) on the cosine (`squaredcos_cap_v2`) schedule with `linspace` spacing, so
@@ -57,14 +53,39 @@ import torch.nn.functional as F
 from editflow.diffusion.patch_prior import PatchPriorDenoiser, build_condition
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
+from editflow.engines.params import EngineParams, param
 
 TASKS = frozenset({"inpaint", "sdedit", "repaint", "tryon", "makeup"})
 DEFAULT_STRENGTH = {"inpaint": 1.0, "repaint": 1.0, "sdedit": 0.6, "tryon": 0.8, "makeup": 0.5}
 DEFAULT_STEPS = 20
 DEFAULT_JUMPS = (3, 2)  # RePaint (jump_length, jump_n_sample) for the weight-free case
-#: layout prior length, fraction of the level's long side: short, so the fill continues its border.
-DEFAULT_LOCALITY = 0.04
-DEFAULT_WINDOW_RHO = 0.1  # narrow fold window: close to ELS's centre-pixel rule, keeps texture sharp
+
+
+@dataclass(frozen=True)
+class BuiltinParams(EngineParams):
+    """Row params of the builtin engine (defaults keep a 256 px image with a 25 % hole under 1 s on
+    2 CPU cores, bench/bench_patch_prior.py)."""
+
+    init: str = param("noise", "noise, or telea: start the coarsest level from an OpenCV Telea fill "
+                               "(strength 0.8 unless the row sets one)")
+    max_side: int | None = param(None, "long side of the processed crop in px (default: the engine option, else 256)")
+    context: float = param(1.0, "context margin around the mask box, × its long side (at least 32 px)")
+    restart: float = param(0.4, "SDEdit strength of each finer pyramid level")
+    fine_steps: int = param(10, "sampler steps of each finer level")
+    min_side: int = param(32, "short side of the coarsest level")
+    patch_size: int = param(7, "patch size of the prior")
+    max_data: int = param(4096, "data patches per row and level")
+    max_queries: int = param(4096, "query patches before striding")
+    #: short, so the fill continues its border
+    locality: float = param(0.04, "layout prior length, fraction of the level's long side; 0 turns it off")
+    #: narrow fold window: close to ELS's centre-pixel rule, keeps texture sharp
+    window_rho: float = param(0.1, "fold window std / patch size")
+    reference_mask: Any = param(None, "tryon/makeup: H'×W' array or nested list, > 0 = reference pixels to use")
+
+    def knobs(self) -> tuple:
+        """The prior's settings (rows that share them run together)."""
+        return (self.patch_size, self.max_data, self.max_queries, self.locality, self.window_rho)
+
 #: diffusers scheduler kwargs: cosine schedule; linspace spacing visits both t = 999 (strength 1
 #: starts from pure noise) and t = 0 (the last estimate is made at almost no noise, so it is sharp).
 SCHEDULE: dict[str, Any] = {
@@ -88,12 +109,12 @@ class _Job:
     reference_mask: torch.Tensor | None  # [1, H', W']
     levels: list[tuple[int, int]]  # coarsest first
     configs: list[SamplerConfig]
-    params: dict[str, Any] = field(default_factory=dict)
+    params: BuiltinParams = field(default_factory=BuiltinParams)
 
     def key(self) -> tuple:
         """Rows sharing this key run through masked_sample together."""
         return (self.request.task, tuple(self.levels), tuple(repr(c) for c in self.configs),
-                tuple(sorted((k, repr(v)) for k, v in self.params.items())), self.init is None)
+                self.params.knobs(), self.init is None)
 
 
 class BuiltinEngine(JobEngine):
@@ -101,6 +122,9 @@ class BuiltinEngine(JobEngine):
 
     name = "builtin"
     tasks = TASKS
+    Params = BuiltinParams
+    summary = ("the masked sampler with a closed-form patch denoiser whose data set is the image's own unmasked "
+               "patches")
 
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         super().__init__(model=model, device=device or "cpu", **options)
@@ -118,10 +142,10 @@ class BuiltinEngine(JobEngine):
         image, mask = request.image, request.mask
         if image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
             raise EngineError(f"image must be H×W×3 and mask H×W, got {image.shape} and {mask.shape}")
-        p = dict(request.params)
-        max_side = int(p.get("max_side", self.options.get("max_side", 256)))
-        context = float(p.get("context", 1.0))
-        init_mode = str(p.get("init", "noise")).lower()
+        p = self.params_of(request)
+        max_side = int(p.max_side if p.max_side is not None else self.options.get("max_side", 256))
+        context = float(p.context)
+        init_mode = p.init.lower()
         if init_mode not in ("noise", "telea"):
             raise EngineError(f"params.init must be 'noise' or 'telea', got {init_mode!r}")
 
@@ -147,10 +171,10 @@ class BuiltinEngine(JobEngine):
         jumps = (1, 1)
         if task == "repaint":
             jumps = (int(request.jump_length or DEFAULT_JUMPS[0]), int(request.jump_n_sample or DEFAULT_JUMPS[1]))
-        restart = float(p.get("restart", 0.4))
-        fine_steps = int(p.get("fine_steps", 10))
+        restart = float(p.restart)
+        fine_steps = int(p.fine_steps)
 
-        levels = _pyramid(h, w, int(p.get("min_side", 32)))
+        levels = _pyramid(h, w, int(p.min_side))
         configs = []
         for li in range(len(levels)):
             coarse = li == 0
@@ -167,9 +191,8 @@ class BuiltinEngine(JobEngine):
 
         reference = reference_mask = None
         if task in ("tryon", "makeup"):
-            reference, reference_mask = _reference(request.reference, p.get("reference_mask"))
-        knobs = {k: p[k] for k in ("patch_size", "max_data", "max_queries", "locality", "window_rho") if k in p}
-        return _Job(index, request, box, img, msk, init, reference, reference_mask, levels, configs, knobs)
+            reference, reference_mask = _reference(request.reference, p.reference_mask)
+        return _Job(index, request, box, img, msk, init, reference, reference_mask, levels, configs, p)
 
     # ----------------------------------------------------------------------------------------
     # The pyramid: one masked_sample call per level for the whole group
@@ -182,10 +205,10 @@ class BuiltinEngine(JobEngine):
         generators = [torch.Generator(device="cpu").manual_seed(int(j.request.seed)) for j in jobs]
         full_img = torch.cat([j.image for j in jobs]).to(device)
         full_mask = torch.cat([j.mask for j in jobs]).to(device)
-        patch = int(first.params.get("patch_size", 7))
-        max_data = int(first.params.get("max_data", 4096))
-        max_queries = int(first.params.get("max_queries", 4096))
-        locality = float(first.params.get("locality", DEFAULT_LOCALITY)) or None
+        patch = int(first.params.patch_size)
+        max_data = int(first.params.max_data)
+        max_queries = int(first.params.max_queries)
+        locality = float(first.params.locality) or None
         result: torch.Tensor | None = None
         nfe = 0
         n_levels = len(first.levels)
@@ -208,7 +231,7 @@ class BuiltinEngine(JobEngine):
                 reference_masks=list(ref_masks) if ref_masks else None,
                 include_known=not use_reference,
                 patch_size=patch, query_stride=stride, max_data=max_data, locality=locality,
-                window_rho=float(first.params.get("window_rho", DEFAULT_WINDOW_RHO)),
+                window_rho=float(first.params.window_rho),
                 level=n_levels - 1 - li, levels=n_levels,
             )
             out = masked_sample(self.denoiser, img, msk, generators, cfg, condition=cond, init=init)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from editflow.diffusion.device import freeze
 from editflow.models import ModelNotAvailableError, hub_cache_dir, is_offline, parse_model_spec
 
 __all__ = ["load_controlnet", "draw_face_mesh", "condition_tensor"]
@@ -54,8 +55,6 @@ def load_controlnet(spec: str, dtype: Any, device: str) -> Any:
         raise ModelNotAvailableError(
             f"ControlNet {spec!r} not available ({why}): give params.controlnet as a local diffusers ControlNetModel "
             f"folder or a hub id cached in {hub_cache_dir()} [{type(exc).__name__}: {str(exc)[:200]}]") from exc
-    from editflow.engines.device import freeze
-
     model = model.to(device)
     freeze(model)
     return model

@@ -23,20 +23,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CropPlan", "plan_crop"]
+__all__ = ["CropPlan", "WindowBox", "plan_crop"]
 
 
 @dataclass(frozen=True)
-class CropPlan:
-    """Where the model's input comes from and how it was resized and padded."""
+class WindowBox:
+    """Where in the image the model's input comes from (y0:y1, x0:x1) and the size it is resized to."""
 
     y0: int
     y1: int
     x0: int
     x1: int
-    #: processing size before padding (the window, scaled)
     height: int
     width: int
+
+
+@dataclass(frozen=True)
+class CropPlan(WindowBox):
+    """A window resized to (height, width), then padded; the processing size before padding is
+    (height, width)."""
+
     #: padding added at the bottom and right to reach a multiple of the model's granularity
     pad_bottom: int
     pad_right: int

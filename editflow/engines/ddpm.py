@@ -14,44 +14,69 @@ Tasks (all through `masked_sample` with `PixelUNetDenoiser`, no text):
 * sdedit — masked SDEdit at the row's strength (default 0.6).
 
 The sampler defaults to DDIM with eta 1.0 (ancestral, as RePaint samples) — row params
-``scheduler`` (ddim, ddpm) and ``eta`` change it. The model sees the image whole when it is no
-larger than the UNet's ``sample_size``, else a window around the mask scaled to that size
-(editflow.engines.crop; ``max_side`` and ``context`` params); windows are padded to the UNet's
+``scheduler`` (ddim, ddpm) and ``eta`` change it (`DDPMParams`). The model sees the image whole
+when it is no larger than the UNet's ``sample_size``, else a window around the mask scaled to that
+size (editflow.engines.crop; ``max_side`` and ``context`` params); windows are padded to the UNet's
 downsampling factor. Unconditional models ignore prompts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
-from editflow.engines.crop import plan_crop
-from editflow.engines.device import freeze
-from editflow.engines.latent import PixelUNetDenoiser
-from editflow.engines.sd import Job, check_request, generators
-from editflow.models import DEFAULT_MODELS, RuntimeOptions, load_pixel_unet, select_device, select_dtype
+from editflow.diffusion.unets import PixelUNetDenoiser
+from editflow.diffusion.device import freeze
+from editflow.engines.params import param
+from editflow.engines.window import Job, WindowParams, check_request, generators, plan_window
+from editflow.models import ModelInfo, RuntimeOptions, load_pixel_unet, select_device, select_dtype
+from editflow.tasks import STRENGTH as DEFAULT_STRENGTH
 
 TASKS = frozenset({"inpaint", "sdedit", "repaint"})
 DEFAULT_STEPS = 50
-DEFAULT_STRENGTH = {"inpaint": 1.0, "sdedit": 0.6, "repaint": 1.0}
 DEFAULT_JUMPS = (10, 10)
 
 
+@dataclass(frozen=True)
+class DDPMParams(WindowParams):
+    """Row params of the `ddpm` engine."""
+
+    eta: float = param(1.0, "DDIM eta: 1 ancestral (as RePaint samples), 0 deterministic")
+
+
 class DDPMEngine(JobEngine):
-    """RePaint / SDEdit with a pixel-space DDPM UNet."""
+    """RePaint / SDEdit with a pixel-space DDPM UNet: `DDPMEngine(unet, schedule)` or `from_pretrained(model)`."""
 
     name = "ddpm"
     tasks = TASKS
+    Params = DDPMParams
+    models = (
+        ModelInfo("google/ddpm-ema-celebahq-256", "DDPM pixel UNet (256 px faces)", "RePaint through the editflow sampler"),
+        ModelInfo("google/ddpm-ema-church-256", "DDPM pixel UNet (256 px churches)"),
+        ModelInfo("google/ddpm-ema-bedroom-256", "DDPM pixel UNet (256 px bedrooms)"),
+    )
+    weights = "a pixel `UNet2DModel` (e.g. `google/ddpm-ema-celebahq-256`)"
+    summary = "RePaint through editflow's sampler (defaults: 50 steps, jumps 10 x 10)"
 
-    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
-        model = model or DEFAULT_MODELS["ddpm"]
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, device: str | None = None, **options: Any) -> DDPMEngine:
+        """Load a pixel UNet and its schedule (DDPMPipeline or bare-model layout) and build the engine."""
+        model = model or cls.default_model()
+        device = select_device(device)
+        dtype = select_dtype(device, RuntimeOptions.from_options(options).dtype)
+        unet, schedule, source, revision = load_pixel_unet(model, dtype)
+        return cls(unet, schedule, model=model, device=device, source=source, revision=revision, **options)
+
+    def __init__(self, unet: Any, schedule: dict[str, Any], model: str = "in-memory", device: str | None = None,
+                 source: Any = None, revision: str | None = None, **options: Any) -> None:
         super().__init__(model=model, device=select_device(device), **options)
         self.runtime = RuntimeOptions.from_options(options)
         self.dtype = select_dtype(self.device, self.runtime.dtype)
-        unet, self.schedule, self.source, self.revision = load_pixel_unet(model, self.dtype)
+        self.schedule, self.source, self.revision = schedule, source, revision
         if int(unet.config.in_channels) != 3 or int(unet.config.out_channels) not in (3, 6):
             raise EngineError(f"model {model!r} is not a pixel-space RGB UNet2DModel "
                               f"(in_channels={unet.config.in_channels}, out_channels={unet.config.out_channels})")
@@ -64,16 +89,15 @@ class DDPMEngine(JobEngine):
 
     def _prepare(self, index: int, request: EditRequest) -> Job:
         check_request(request, TASKS, self.name)
-        p = request.params or {}
-        plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.denoiser.multiple,
-                         float(p.get("context", 0.5)))
+        p = self.params_of(request)
+        plan = plan_window(request, p, self.resolution, self.denoiser.multiple)
         strength = float(request.strength if request.strength is not None else DEFAULT_STRENGTH[request.task])
         jumps = (1, 1)
         if request.task == "repaint":
             jumps = (int(request.jump_length or DEFAULT_JUMPS[0]), int(request.jump_n_sample or DEFAULT_JUMPS[1]))
         job = Job(index, request, plan, plan.image(request.image), plan.mask(request.mask), "sampler",
                   int(request.steps or DEFAULT_STEPS), strength, 0.0, jumps,
-                  str(p.get("scheduler", "ddim")).lower(), float(p.get("eta", 1.0)))
+                  p.scheduler.lower(), float(p.eta))
         self._config(job).validate()
         return job
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from editflow.engines.crop import to_uint8
+from editflow.engines.crop import WindowBox, to_uint8
 
 __all__ = ["FramePlan", "plan_frame", "parse_resolution"]
 
@@ -41,15 +41,8 @@ def parse_resolution(value: object, multiple: int = 8) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class FramePlan:
+class FramePlan(WindowBox):
     """A frame in image coordinates (it may reach past the image: padded) and the size it is resized to."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-    height: int
-    width: int
 
     @property
     def proc_size(self) -> tuple[int, int]:

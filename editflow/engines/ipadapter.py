@@ -18,12 +18,12 @@ follow editflow.models: with HF_HUB_OFFLINE nothing is fetched, and a missing fi
 `ModelNotAvailableError` naming the ``hf download`` command.
 
 Image embeddings (the CLIP image embeds, or penultimate hidden states for IP-Adapter-plus) are
-computed one reference at a time and kept per worker in `EmbeddingCache`, keyed by the
+computed one reference at a time and kept per worker in an `LRUCache`, keyed by the
 reference's content hash (``EditRequest.reference_key``), the adapter and the crop, so a catalog
 run encodes each garment (or makeup face) once per actor, not once per pair.
 
-`IPAdapterDenoiser` is `LatentUNetDenoiser` with the image embeddings passed to the UNet
-(``added_cond_kwargs["image_embeds"]``), classifier-free guidance pairing each row's negative
+The image embeddings ride in `LatentCondition.image_embeds`; `LatentUNetDenoiser` passes them to
+the UNet (``added_cond_kwargs["image_embeds"]``), classifier-free guidance pairing each row's negative
 text with its negative image embedding (zeros, as diffusers does). `IPAdapterSDEngine` is the
 shared base of the two engines: SDEngine's loading, windows and grouping, the masked sampler
 (optionally from an SDEdit `init`), and a reference hook per subclass.
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +41,13 @@ import numpy as np
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
+from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser
 from editflow.engines.base import EditRequest, EditResult, EngineError, is_out_of_memory
-from editflow.engines.device import execution_device, freeze, has_offload_hooks, plain_attention, slice_attention
-from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks, guided_epsilon
-from editflow.engines.sd import Job, SDEngine, generators, release_adapter
+from editflow.diffusion.device import execution_device, freeze, has_offload_hooks, plain_attention, slice_attention
+from editflow.engines.params import param
+from editflow.engines.sd import SDEngine, release_adapter
+from editflow.engines.window import Job, WindowParams, generators
+from editflow.lru import LRUCache
 from editflow.models import (
     ModelNotAvailableError, hub_cache_dir, is_offline, parse_model_spec,
 )
@@ -53,7 +55,7 @@ from editflow.models import (
 __all__ = [
     "DEFAULT_IP_ADAPTER", "DEFAULT_IP_ADAPTER_WEIGHT", "PLUS_IP_ADAPTER_WEIGHT", "weight_present", "DEFAULT_IMAGE_ENCODER_SUBFOLDER", "DEFAULT_IP_SCALE",
     "IPAdapterSpec", "IPAdapterFiles", "resolve_ip_adapter", "read_ip_adapter", "check_ip_adapter",
-    "load_image_encoder", "IPAdapter", "EmbeddingCache", "IPCondition", "IPAdapterDenoiser", "RefJob",
+    "load_image_encoder", "IPAdapter", "IPAdapterParams", "RefJob",
     "IPAdapterSDEngine", "pad_to_square", "array_key",
 ]
 
@@ -67,6 +69,17 @@ FETCH_HINT = (
     "hf download h94/IP-Adapter models/ip-adapter_sd15.safetensors models/image_encoder/config.json "
     "models/image_encoder/model.safetensors"
 )
+
+
+@dataclass(frozen=True)
+class IPAdapterParams(WindowParams):
+    """Row params of the IP-Adapter engines (row first, then the engine option of the same name, then
+    the default)."""
+
+    ip_adapter: str | None = param(None, f"hub id, folder or .safetensors (default {DEFAULT_IP_ADAPTER})")
+    ip_adapter_weight: str | None = param(None, f"weight file inside the repo / folder (default {DEFAULT_IP_ADAPTER_WEIGHT})")
+    image_encoder: str | None = param(None, "CLIP vision folder, hub id or subfolder (default: next to the weights)")
+    ip_adapter_scale: float | None = param(None, f"strength of the image prompt (default {DEFAULT_IP_SCALE})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,34 +363,6 @@ def pad_to_square(image: np.ndarray, fill: int = 255) -> np.ndarray:
     return out
 
 
-class EmbeddingCache:
-    """A small per-worker LRU of reference encodings (CPU tensors)."""
-
-    def __init__(self, max_items: int = 512, enabled: bool = True) -> None:
-        self.max_items = max(0, int(max_items))
-        self.enabled = bool(enabled) and self.max_items > 0
-        self._items: OrderedDict[tuple, Any] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get_or_make(self, key: tuple, make) -> tuple[Any, bool]:
-        """(value, True) when cached, else (make(), False) and remember it."""
-        if self.enabled and key in self._items:
-            self._items.move_to_end(key)
-            self.hits += 1
-            return self._items[key], True
-        self.misses += 1
-        value = make()
-        if self.enabled:
-            self._items[key] = value
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-        return value, False
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class IPAdapter:
     """An IP-Adapter loaded into one pipeline (its UNet's processors) plus its CLIP image encoder."""
 
@@ -461,10 +446,8 @@ class IPAdapter:
 
 @dataclass
 class IPCondition(LatentCondition):
-    """`LatentCondition` plus per-row image embeddings ([B, D] or [B, S, D]); None = no image prompt."""
+    """`LatentCondition` (text and IP-Adapter image embeddings) plus a ControlNet's condition."""
 
-    image_embeds: torch.Tensor | None = None
-    negative_image_embeds: torch.Tensor | None = None
     #: ControlNet condition images [B, 3, H, W] in [0, 1] at the window's pixel size; None = no ControlNet
     control_image: torch.Tensor | None = None
     control_scale: float = 1.0
@@ -480,7 +463,7 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
     def control_residuals(self, x: torch.Tensor, ts: torch.Tensor, states: torch.Tensor, condition: IPCondition,
                           sl: slice, cfg: bool) -> dict[str, Any]:
         """``down_block_additional_residuals`` / ``mid_block_additional_residual`` for the UNet call."""
-        if self.controlnet is None or condition.control_image is None:
+        if self.controlnet is None or getattr(condition, "control_image", None) is None:
             return {}
         net = self.controlnet
         image = condition.control_image[sl]
@@ -496,53 +479,19 @@ class IPAdapterDenoiser(LatentUNetDenoiser):
         return {"down_block_additional_residuals": [d.to(self.unet.dtype) for d in down],
                 "mid_block_additional_residual": mid.to(self.unet.dtype)}
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: IPCondition) -> torch.Tensor:
-        c = condition
-        if getattr(c, "image_embeds", None) is None:
-            return super().predict(x_t, t, alpha_bar_t, condition)
-        cfg = c.negative_embeds is not None
-        outs = []
-        dtype, device = self.unet.dtype, execution_device(self.unet)
-        for sl in chunks(x_t.shape[0], self.rows_per_call):
-            x = x_t[sl]
-            if self.in_channels == 9:
-                x = torch.cat([x, c.mask[sl].to(x), c.masked_latents[sl].to(x)], dim=1)
-            emb, ts, img = c.prompt_embeds[sl], t[sl], c.image_embeds[sl]
-            added: dict[str, torch.Tensor] = {}
-            if c.text_embeds is not None:
-                added = {"text_embeds": c.text_embeds[sl], "time_ids": c.time_ids[sl]}
-            if cfg:  # diffusers' order: [unconditional, conditional]
-                x, ts = torch.cat([x, x]), torch.cat([ts, ts])
-                emb = torch.cat([c.negative_embeds[sl], emb])
-                img = torch.cat([c.negative_image_embeds[sl], img])
-                if added:
-                    added = {"text_embeds": torch.cat([c.negative_text_embeds[sl], added["text_embeds"]]),
-                             "time_ids": torch.cat([c.negative_time_ids[sl], added["time_ids"]])}
-            cond = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
-            cond["image_embeds"] = [img.unsqueeze(1).to(device=device, dtype=dtype)]  # one image per row
-            control = self.control_residuals(x, ts, emb, c, sl, cfg)
-            out = self.unet(x.to(device=device, dtype=dtype), ts.to(device),
-                            encoder_hidden_states=emb.to(device=device, dtype=dtype), added_cond_kwargs=cond,
-                            **control).sample.float()
-            outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
-        return torch.cat(outs).to(x_t.device)
-
 
 # ---------------------------------------------------------------------------------------------
 # The shared engine base
 
 
-def sampler_settings(request: EditRequest, default_guidance: float, default_steps: int,
-                     default_strength: float = 1.0, default_eta: float = 0.0) -> dict[str, Any]:
+def sampler_settings(request: EditRequest, p: WindowParams, default_guidance: float, default_steps: int,
+                     default_strength: float = 1.0) -> dict[str, Any]:
     """The sampler settings a row asks for (engine defaults filled in), checked before any work."""
-    from editflow.diffusion.sampler import SamplerConfig
-
-    p = request.params or {}
     strength = float(request.strength if request.strength is not None else default_strength)
     steps = int(request.steps or default_steps)
     jumps = (int(request.jump_length or 1), int(request.jump_n_sample or 1))
-    scheduler = str(p.get("scheduler", "ddim")).lower()
-    eta = float(p.get("eta", default_eta))
+    scheduler = p.scheduler.lower()
+    eta = float(p.eta)
     SamplerConfig(steps=steps, strength=strength, scheduler=scheduler, eta=eta, jump_length=jumps[0],
                   jump_n_sample=jumps[1]).validate()
     guidance = float(request.guidance_scale if request.guidance_scale is not None else default_guidance)
@@ -567,16 +516,19 @@ class IPAdapterSDEngine(SDEngine):
     """SD (any UNet the `sd` engine takes) + IP-Adapter through the masked sampler. Subclasses
     implement `_prepare(index, request) -> RefJob`."""
 
-    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
-        super().__init__(model=model, device=device, **options)
-        self.cache = EmbeddingCache(int(options.get("cache_size", 512)), enabled=bool(options.get("cache", True)))
+    Params = IPAdapterParams
+    weights = ("SD inpainting + IP-Adapter (`params`: `ip_adapter`, `ip_adapter_weight`, `image_encoder`, "
+               "`ip_adapter_scale`; default `h94/IP-Adapter` `models/ip-adapter_sd15.safetensors`)")
+
+    def __init__(self, pipe: Any, model: str = "in-memory", device: str | None = None, **options: Any) -> None:
+        super().__init__(pipe, model=model, device=device, **options)
+        self.cache: LRUCache = LRUCache(int(options.get("cache_size", 512)), enabled=bool(options.get("cache", True)))
         self.adapter: IPAdapter | None = None
         self._failed: dict[tuple, Exception] = {}
 
-    def _setup(self, pipe: Any) -> None:
-        super()._setup(pipe)
-        self.denoiser = IPAdapterDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
-                                          self.rows_per_call)
+    def _denoiser(self, pipe: Any) -> IPAdapterDenoiser:
+        return IPAdapterDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
+                                 self.rows_per_call)
 
     def ip_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
         """The loaded adapter for `spec` (loaded on first use; another spec replaces it)."""
@@ -604,7 +556,7 @@ class IPAdapterSDEngine(SDEngine):
                          sliced=self.runtime.attention_slicing, sdpa=self.runtime.sdpa)
 
     def spec_for(self, request: EditRequest) -> IPAdapterSpec:
-        return IPAdapterSpec.from_params(request.params, self.options)
+        return IPAdapterSpec.from_params(self.params_of(request).given(), self.options)
 
     def adapter_description(self, job: RefJob) -> str:
         """The conditioning adapters a row ran with (the results' ``adapter`` column)."""
@@ -627,8 +579,8 @@ class IPAdapterSDEngine(SDEngine):
         masks = torch.cat([j.mask for j in jobs]).to(device)
         base = self.condition(jobs, images, masks)
         pairs = [self.embeddings(j, adapter) for j in jobs]
-        condition = IPCondition(**vars(base), image_embeds=torch.cat([p for p, _ in pairs]).to(device),
-                                negative_image_embeds=torch.cat([n for _, n in pairs]).to(device))
+        condition = IPCondition(**{**vars(base), "image_embeds": torch.cat([p for p, _ in pairs]).to(device),
+                                   "negative_image_embeds": torch.cat([n for _, n in pairs]).to(device)})
         if getattr(first, "control", None) is not None:  # a ControlNet condition per row (makeup)
             condition.control_image = torch.cat([j.control for j in jobs]).to(device)
             condition.control_scale = float(first.control_scale)

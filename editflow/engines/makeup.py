@@ -29,7 +29,7 @@ toward the same region of the reference face, regions from MediaPipe face-mesh l
    so the builtin's layout prior lines them up with the places they belong. One pyramid level
    (`min_side` default 10⁶; the row may set a smaller one): at the builtin's coarse levels a lip
    is 2-3 px tall, the start's detail does not survive the restarts and the lips fade (measured
-   on the astronaut in tests/test_makeup_builtin.py: lips' mean a/b distance to the reference
+   on the astronaut in tests/test_engine_makeup_builtin.py: lips' mean a/b distance to the reference
    lipstick 59 before, 0.2 after the start, 2.8 after one level at 0.25; ~40 with the builtin's
    default 3-level pyramid). The sampler re-synthesises the
    recoloured parts from real reference patches at low noise: reference texture in, seams
@@ -46,7 +46,6 @@ Engine options: `cache` (default True), `cache_size` (faces kept per worker, def
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -54,7 +53,9 @@ import cv2
 import numpy as np
 
 from editflow.engines.base import EditRequest, EditResult, EngineError
-from editflow.engines.builtin import BuiltinEngine
+from editflow.engines.builtin import BuiltinEngine, BuiltinParams
+from editflow.engines.params import EngineParams, param
+from editflow.lru import LRUCache
 from editflow.masks.face import FACE_PARTS, Face, FaceLandmarker, NoFaceError, choose_faces, part_masks
 
 #: parts a makeup transfer works on (the face oval is their union, not a region of its own)
@@ -63,6 +64,24 @@ MAKEUP_PARTS = ("skin", "eyeshadow", "brows", "eyes", "lips")  # applied in this
 WARP_WEIGHT = {"lips": 0.6, "eyes": 0.3, "eyeshadow": 0.6, "brows": 0.3, "skin": 0.3}
 STD_CLIP = (0.5, 2.0)
 DEFAULT_STRENGTH = 0.25
+
+
+@dataclass(frozen=True)
+class MakeupFaceParams(EngineParams):
+    """Row params of both makeup engines' colour-transfer start (the image's face is `face`)."""
+
+    parts: str | list[str] | None = param(None, "lips+eyes+... or a list (default: the face parts mostly in the mask)")
+    reference_face: str | int | None = param(None, "which face of the reference: largest or an index")
+    warp_weight: float | dict[str, float] | None = param(
+        None, "chroma pull toward the warped reference, one number or per part (default WARP_WEIGHT)")
+
+
+@dataclass(frozen=True)
+class MakeupParams(BuiltinParams, MakeupFaceParams):
+    """Row params of the weight-free makeup: the builtin sampler's plus the start's."""
+
+    #: one pyramid level: at the coarse levels a lip is 2-3 px tall and fades (module docstring)
+    min_side: int = param(10**6, "short side of the coarsest level (default: one level)")
 
 
 @dataclass
@@ -92,13 +111,16 @@ def _rgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
-def prepare_face(image: np.ndarray, landmarker: FaceLandmarker, which: str | int | None = None,
-                 what: str = "image") -> FaceData:
-    """Landmarks and part masks of the chosen face of `image` (NoFaceError names `what`)."""
+def prepare_face(image: np.ndarray, landmarker: FaceLandmarker | None, which: str | int | None = None,
+                 what: str = "image", faces: list[Face] | None = None) -> FaceData:
+    """Landmarks and part masks of the chosen face of `image` (NoFaceError names `what`); `faces`
+    are the ones already found in `image` (by the mask stage), else the landmarker finds them."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise EngineError(f"the {what} must be H×W×3, got {image.shape}")
-    faces = landmarker.detect(image)
+    if faces is None:
+        assert landmarker is not None
+        faces = landmarker.detect(image)
     if not faces:
         raise NoFaceError(f"no face found in the {what}")
     if which == "all":
@@ -116,29 +138,70 @@ class FaceCache:
     """Per-worker LRU of prepared faces keyed by a content hash (None or size 0: no caching)."""
 
     def __init__(self, size: int = 32) -> None:
-        self.size = int(size)
-        self._items: OrderedDict[tuple, FaceData] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self.lru: LRUCache[FaceData] = LRUCache(size)
 
-    def get(self, key: str | None, image: np.ndarray, landmarker: FaceLandmarker,
-            which: str | int | None = None, what: str = "image") -> tuple[FaceData, bool]:
+    def get(self, key: str | None, image: np.ndarray, landmarker: FaceLandmarker | None,
+            which: str | int | None = None, what: str = "image",
+            faces: list[Face] | None = None) -> tuple[FaceData, bool]:
         """The prepared face and whether it came from the cache."""
-        full = (key, which if which is None else str(which))
-        if key is not None and self.size > 0 and full in self._items:
-            self._items.move_to_end(full)
-            self.hits += 1
-            return self._items[full], True
-        self.misses += 1
-        data = prepare_face(image, landmarker, which, what)
-        if key is not None and self.size > 0:
-            self._items[full] = data
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return data, False
+        full = None if key is None else (key, which if which is None else str(which))
+        return self.lru.get_or_make(full, lambda: prepare_face(image, landmarker, which, what, faces))
+
+    @property
+    def hits(self) -> int:
+        return self.lru.hits
+
+    @property
+    def misses(self) -> int:
+        return self.lru.misses
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.lru)
+
+
+class MakeupFaces:
+    """What both makeup engines need per row: the reference's and the image's prepared faces
+    (cached per worker; the image's landmarks come from the mask stage when it found them) and the
+    parts to transfer. One landmarker per worker, closed with the engine."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        size = int(options.get("cache_size", 32)) if options.get("cache", True) else 0
+        self.references = FaceCache(size)
+        self.targets = FaceCache(size)
+        self._landmarker: FaceLandmarker | None = None
+
+    @property
+    def landmarker(self) -> FaceLandmarker:
+        if self._landmarker is None:
+            self._landmarker = FaceLandmarker()
+        return self._landmarker
+
+    def close(self) -> None:
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def prepare(self, request: EditRequest, params: Any,
+                choose_parts: bool = True) -> tuple[FaceData, FaceData, tuple[str, ...], bool]:
+        """(reference face, image face, parts, whether the reference face was cached) of a makeup row
+        (parts empty when not `choose_parts`)."""
+        ref, cached = self.references.get(request.reference_key, request.reference, self.landmarker,
+                                           params.reference_face, "reference image")
+        found = None if request.faces is None else [Face(points) for points in request.faces]
+        tgt, _ = self.targets.get(request.image_key, request.image, None if found else self.landmarker,
+                                   params.face, "image", found)
+        if not choose_parts:
+            return ref, tgt, (), cached
+        if params.parts:
+            return ref, tgt, _parts(params.parts), cached
+        # every part of the image's face lying mostly inside the row's mask
+        mask = request.mask > 0
+        names = tuple(n for n in MAKEUP_PARTS if tgt.parts[n].any()
+                      and (tgt.parts[n] & mask).sum() > 0.5 * tgt.parts[n].sum())
+        if not names:
+            raise EngineError("the mask covers no face part (lips, eyes, eyeshadow, brows, skin) "
+                              "of the image's face; give params.parts to choose some")
+        return ref, tgt, names, cached
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,25 +357,24 @@ class BuiltinMakeupEngine(BuiltinEngine):
     name = "builtin"
     tasks = frozenset({"makeup"})
 
+    Params = MakeupParams
+    summary = ("region-wise transfer from the reference face (Lab statistics per lips / eyes / brows / skin, and "
+               "the reference warped onto the target by face-mesh triangles), then low-strength patch-prior SDEdit "
+               "inside the masks")
+
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         super().__init__(model=model, device=device, **options)
-        size = int(options.get("cache_size", 32)) if options.get("cache", True) else 0
-        self.references = FaceCache(size)
-        self.targets = FaceCache(size)
-        self._landmarker: FaceLandmarker | None = None
+        self.face_data = MakeupFaces(options)
 
     @property
-    def landmarker(self) -> FaceLandmarker:
-        if self._landmarker is None:
-            self._landmarker = FaceLandmarker()
-        return self._landmarker
+    def references(self) -> FaceCache:
+        return self.face_data.references
 
     def close(self) -> None:
-        if self._landmarker is not None:
-            self._landmarker.close()
-            self._landmarker = None
+        self.face_data.close()
 
-    def _stage(self, request: EditRequest) -> tuple[EditRequest, bool]:
+    def before(self, request: EditRequest) -> tuple[EditRequest, bool]:
+        """The region-wise colour transfer as the start; the reference warped onto the face as data."""
         if request.task != "makeup":
             raise EngineError(f"this engine runs task makeup, not {request.task!r}")
         if request.reference is None:
@@ -320,20 +382,10 @@ class BuiltinMakeupEngine(BuiltinEngine):
         mask = request.mask > 0
         if mask.shape != request.image.shape[:2] or not mask.any():
             raise EngineError("mask is empty or does not match the image: nothing to make up")
-        p = request.params
-        ref, cached = self.references.get(request.reference_key, request.reference, self.landmarker,
-                                          p.get("reference_face"), "reference image")
-        tgt, _ = self.targets.get(request.image_key, request.image, self.landmarker, p.get("face"), "image")
-        if p.get("parts"):
-            names = _parts(p["parts"])
-        else:
-            names = tuple(n for n in MAKEUP_PARTS if tgt.parts[n].any()
-                          and (tgt.parts[n] & mask).sum() > 0.5 * tgt.parts[n].sum())
-            if not names:
-                raise EngineError("the mask covers no face part (lips, eyes, eyeshadow, brows, skin) "
-                                  "of the image's face; give params.parts to choose some")
+        p = self.params_of(request)
+        ref, tgt, names, cached = self.face_data.prepare(request, p)
         start = makeup_start(request.image, request.reference, names, target_face=tgt, reference_face=ref,
-                             warp_weight=p.get("warp_weight"))
+                             warp_weight=p.warp_weight)
         # Data: the reference warped into the target's frame, inside the target's chosen parts.
         chosen = np.zeros(tgt.shape, bool)
         for name in names:
@@ -346,9 +398,7 @@ class BuiltinMakeupEngine(BuiltinEngine):
         data_mask = chosen & valid
         if not data_mask.any():
             raise EngineError("the reference face does not cover the target's face parts after alignment")
-        params = {k: v for k, v in p.items() if k not in ("parts", "warp_weight", "face", "reference_face")}
-        params["reference_mask"] = data_mask.astype(np.float32)
-        params.setdefault("min_side", 10**6)
+        sampler_params = dataclasses.replace(p, reference_mask=data_mask.astype(np.float32))
         strength = DEFAULT_STRENGTH if request.strength is None else request.strength
         # The eyeball is never made up: whatever the row's mask, the sampler leaves the eye openings
         # (and irises) alone, so they keep the image's exact pixels.
@@ -356,23 +406,11 @@ class BuiltinMakeupEngine(BuiltinEngine):
         if not (edit_mask > 0).any():
             raise EngineError("the mask covers only the eye openings, which makeup leaves alone")
         return dataclasses.replace(request, image=start, mask=edit_mask, reference=warped, strength=strength,
-                                   params=params), cached
+                                   typed_params=sampler_params), cached
 
-    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
-        results: list[EditResult | Exception | None] = [None] * len(requests)
-        staged: list[tuple[int, bool, EditRequest]] = []
-        for i, request in enumerate(requests):
-            try:
-                sub, cached = self._stage(request)
-                staged.append((i, cached, sub))
-            except Exception as exc:
-                results[i] = exc
-        outputs = super().edit_batch([s[2] for s in staged]) if staged else []
-        for (i, cached, _sub), out in zip(staged, outputs):
-            results[i] = out if isinstance(out, Exception) else dataclasses.replace(
-                out, reference_cached=cached, model="patch-prior+landmark-transfer")
-        return [r if r is not None else EngineError("no result") for r in results]
+    def after(self, request: EditRequest, result: EditResult, cached: bool) -> EditResult:
+        return dataclasses.replace(result, reference_cached=cached, model="patch-prior+landmark-transfer")
 
 
 __all__ = ["BuiltinMakeupEngine", "FaceCache", "FaceData", "MAKEUP_PARTS", "makeup_start", "prepare_face",
-           "warp_to_target", "FACE_PARTS"]
+           "warp_to_target", "FACE_PARTS", "MakeupFaces", "MakeupFaceParams", "MakeupParams"]

@@ -47,8 +47,10 @@ import torch
 
 from editflow.engines.aligned import plan_aligned_crop
 from editflow.engines.base import EditRequest, EditResult, EngineError
-from editflow.engines.ipadapter import IPAdapterSDEngine, RefJob, array_key, sampler_settings
-from editflow.engines.sd import check_request
+from editflow.engines.ipadapter import IPAdapterParams, IPAdapterSDEngine, RefJob, array_key, sampler_settings
+from editflow.engines.makeup import MakeupFaceParams, MakeupFaces, makeup_start
+from editflow.engines.params import param
+from editflow.engines.window import check_request
 
 __all__ = ["SDMakeupEngine", "makeup_region_crop", "DEFAULT_PROMPT"]
 
@@ -87,42 +89,45 @@ class MakeupJob(RefJob):
         return (*super().key(), self.controlnet, self.control_scale)
 
 
+@dataclass(frozen=True)
+class SDMakeupParams(IPAdapterParams, MakeupFaceParams):
+    """Row params of the `sd` makeup: the IP-Adapter's and sampler's, the start's, the face crop's, the ControlNet's."""
+
+    face_size: int | None = param(None, "side of the eye-level face crop the model sees (default: the model's resolution)")
+    face_margin: float = param(DEFAULT_FACE_MARGIN, "margin around the target face box, each side, fraction of the box")
+    reference_margin: float = param(DEFAULT_REFERENCE_MARGIN, "margin of the reference's makeup-regions crop")
+    protect_eyes: bool = param(True, "never repaint the eye openings")
+    controlnet: str | None = param(None, "a face-landmark ControlNet (hub id or folder; or the engine option)")
+    controlnet_scale: float = param(DEFAULT_CONTROLNET_SCALE, "ControlNet residual scale")
+
+
 class SDMakeupEngine(IPAdapterSDEngine):
     """Makeup transfer on an aligned, upscaled face crop: colour-transfer start + masked SDEdit with
     an IP-Adapter on the reference's makeup regions and an optional face-landmark ControlNet."""
 
     name = "sd"
     tasks = TASKS
+    Params = SDMakeupParams
+    weights = ("SD + IP-Adapter, optionally a face-landmark ControlNet (`params.controlnet`: a diffusers "
+               "`ControlNetModel` hub id or folder, e.g. one trained on MediaPipe face-mesh drawings; "
+               "`controlnet_scale`)")
+    summary = ("on the face rotated level and cropped square at the model's resolution (upscaled for small faces; "
+               "`params.face_size`, `face_margin`): the builtin makeup start, then masked latent SDEdit (strength "
+               "0.5) with IP-Adapter on the reference's makeup regions only (brows, eyes, lips; not the whole face) "
+               "and, with a ControlNet, our face mesh drawn as its condition; eye openings and irises are never "
+               "repainted whatever the mask (`params.protect_eyes: false` to allow); mapped back where the mask is "
+               "set")
 
-    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
-        super().__init__(model=model, device=device, **options)
-        from editflow.engines.makeup import FaceCache
-
-        size = int(options.get("cache_size", 32)) if options.get("cache", True) else 0
-        self.references = FaceCache(size)  # the builtin makeup's prepared faces (landmarks, part masks)
-        self.targets = FaceCache(size)
-        self._landmarker = None
+    def __init__(self, pipe: Any, model: str = "in-memory", device: str | None = None, **options: Any) -> None:
+        super().__init__(pipe, model=model, device=device, **options)
+        self.face_data = MakeupFaces(options)  # the builtin makeup's prepared faces (landmarks, part masks)
         self.controlnets: dict[str, Any] = {}
 
-    @property
-    def landmarker(self):
-        if self._landmarker is None:
-            from editflow.masks.face import FaceLandmarker
-
-            self._landmarker = FaceLandmarker()
-        return self._landmarker
-
     def close(self) -> None:
-        if self._landmarker is not None:
-            self._landmarker.close()
-            self._landmarker = None
+        self.face_data.close()
 
     def faces(self, request: EditRequest):
-        """(reference FaceData, target FaceData) from the per-worker caches."""
-        p = request.params or {}
-        ref, _ = self.references.get(request.reference_key, request.reference, self.landmarker,
-                                     p.get("reference_face"), "reference image")
-        tgt, _ = self.targets.get(request.image_key, request.image, self.landmarker, p.get("face"), "image")
+        ref, tgt, _, _ = self.face_data.prepare(request, self.params_of(request), choose_parts=False)
         return ref, tgt
 
     def start(self, request: EditRequest) -> tuple[np.ndarray, np.ndarray, str]:
@@ -142,26 +147,15 @@ class SDMakeupEngine(IPAdapterSDEngine):
             cv2.setNumThreads(threads)
 
     def _start(self, request: EditRequest) -> tuple[np.ndarray, np.ndarray, str]:
-        from editflow.engines.makeup import MAKEUP_PARTS, makeup_start
-
-        p = request.params or {}
-        ref, tgt = self.faces(request)
-        if p.get("parts"):
-            parts = p["parts"]
-        else:  # as the builtin: every part of the target face lying mostly inside the row's mask
-            mask = request.mask > 0
-            parts = tuple(n for n in MAKEUP_PARTS if tgt.parts[n].any()
-                          and (tgt.parts[n] & mask).sum() > 0.5 * tgt.parts[n].sum())
-            if not parts:
-                raise EngineError("the mask covers no face part (lips, eyes, eyeshadow, brows, skin) "
-                                  "of the image's face; give params.parts to choose some")
+        p = self.params_of(request)
+        ref, tgt, parts, _ = self.face_data.prepare(request, p)
         start = np.asarray(makeup_start(request.image, request.reference, parts, target_face=tgt, reference_face=ref,
-                                        warp_weight=p.get("warp_weight")))
+                                        warp_weight=p.warp_weight))
         if start.shape != request.image.shape:
             raise EngineError(f"makeup start is {start.shape}, expected {request.image.shape}")
-        margin = float(p.get("reference_margin", DEFAULT_REFERENCE_MARGIN))
+        margin = float(p.reference_margin)
         crop = makeup_region_crop(request.reference, ref.face.points, margin)
-        key = f"{request.reference_key or array_key(request.reference)}:regions:{p.get('reference_face')}:{margin:.4f}"
+        key = f"{request.reference_key or array_key(request.reference)}:regions:{p.reference_face}:{margin:.4f}"
         return start.astype(np.uint8, copy=False), crop, key
 
     def controlnet(self, spec: str) -> Any:
@@ -181,31 +175,31 @@ class SDMakeupEngine(IPAdapterSDEngine):
         ref = request.reference
         if ref.ndim != 3 or ref.shape[2] != 3 or ref.dtype != np.uint8:
             raise EngineError(f"the makeup reference must be H×W×3 uint8, got {ref.shape} {ref.dtype}")
-        p = request.params or {}
+        p = self.params_of(request)
         spec = self.spec_for(request)
         start, crop, crop_key = self.start(request)
         _, tgt = self.faces(request)
         mask = request.mask
-        if p.get("protect_eyes", True) not in (False, "false", "0", 0):
+        if p.protect_eyes:
             mask = np.where(tgt.parts["eye_opening"], 0, mask).astype(mask.dtype, copy=False)
             if not (mask > 0).any():
                 raise EngineError("the mask covers only the eye openings, which makeup leaves alone")
-        size = int(p.get("face_size", self.resolution))
+        size = int(p.face_size if p.face_size is not None else self.resolution)
         if size < self.multiple or size % self.multiple:
             raise EngineError(f"params.face_size must be a positive multiple of {self.multiple}, got {size}")
-        plan = plan_aligned_crop(tgt.face.points, size, float(p.get("face_margin", DEFAULT_FACE_MARGIN)),
+        plan = plan_aligned_crop(tgt.face.points, size, float(p.face_margin),
                                  region=mask > 0)
-        s = sampler_settings(request, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH)
+        s = sampler_settings(request, p, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH)
         request = dataclasses.replace(request, prompt=request.prompt or DEFAULT_PROMPT)
         job = MakeupJob(index, request, plan, plan.image(request.image), plan.mask(mask), "sampler",  # type: ignore[arg-type]
                         s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},
                         spec=spec, reference=crop, reference_key=crop_key, init=plan.image(start))
-        controlnet = p.get("controlnet") or self.options.get("controlnet")
+        controlnet = p.controlnet or self.options.get("controlnet")
         if controlnet:
             from editflow.engines.controlnet import condition_tensor, draw_face_mesh
 
             job.controlnet = str(controlnet)
-            job.control_scale = float(p.get("controlnet_scale", DEFAULT_CONTROLNET_SCALE))
+            job.control_scale = float(p.controlnet_scale)
             job.control = condition_tensor(draw_face_mesh(plan.points(tgt.face.points), size))
         return job
 

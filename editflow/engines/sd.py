@@ -26,69 +26,41 @@ window around the mask with a context margin (editflow.engines.crop), scaled dow
 the window itself exceeds the resolution; every window is reflect-padded to a multiple of 8.
 The result comes back at the input's size and the edit stage pastes unmasked pixels back exactly.
 
-Row params: ``max_side`` (default: the model resolution), ``context`` (margin, fraction of the
-mask box, default 0.5), ``scheduler`` (sampler path: ``ddim`` default or ``ddpm``), ``eta``,
-``sampler`` (see above), ``prompt_2`` / ``negative_prompt_2`` (SDXL).
+Row params: `SDParams` (below).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, Engine, EngineError, JobEngine
-from editflow.engines.crop import CropPlan, plan_crop
-from editflow.engines.device import execution_device, freeze, freeze_pipeline, pipeline_vae, vae_dtype, vae_in
-from editflow.engines.latent import LatentCondition, LatentUNetDenoiser, chunks
+from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser, chunks
+from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
+from editflow.diffusion.device import execution_device, freeze, freeze_pipeline, pipeline_vae, vae_dtype, vae_in
+from editflow.engines.params import param
+from editflow.engines.window import Job, WindowParams, check_request, generators, plan_window
 from editflow.models import (
-    DEFAULT_MODELS, RuntimeOptions, apply_switches, load_sd_pipeline, select_device, select_dtype,
+    ModelInfo, RuntimeOptions, apply_switches, load_sd_pipeline, select_device, select_dtype,
 )
+from editflow.tasks import STRENGTH as DEFAULT_STRENGTH
 
 TASKS = frozenset({"inpaint", "sdedit", "repaint"})
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE = 7.5
-DEFAULT_STRENGTH = {"inpaint": 1.0, "sdedit": 0.6, "repaint": 1.0}
 DEFAULT_JUMPS = (5, 2)  # RePaint (jump_length, jump_n_sample): a light resampling for latent models
 
 
-@dataclass
-class Job:
-    """One request, prepared: its window, tensors at processing size and its settings."""
+@dataclass(frozen=True)
+class SDParams(WindowParams):
+    """Row params of the `sd` engine."""
 
-    index: int
-    request: EditRequest
-    plan: CropPlan
-    image: torch.Tensor  # [1, 3, h, w] in [-1, 1], padded
-    mask: torch.Tensor  # [1, 1, h, w] in [0, 1], padded with 0
-    path: str  # "pipeline" | "sampler"
-    steps: int
-    strength: float
-    guidance: float
-    jumps: tuple[int, int]
-    scheduler: str
-    eta: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def key(self) -> tuple:
-        """Rows with the same key run through one call."""
-        r = self.request
-        return (self.path, self.plan.proc_size, self.steps, self.strength, self.guidance, self.jumps,
-                self.scheduler, self.eta, r.negative_prompt is None,
-                tuple(sorted((k, repr(v)) for k, v in self.extra.items())))
-
-
-def check_request(request: EditRequest, tasks: frozenset[str], engine: str) -> None:
-    if request.task not in tasks:
-        raise EngineError(f"engine {engine} cannot run task {request.task!r}; tasks: {', '.join(sorted(tasks))}")
-    image, mask = request.image, request.mask
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or mask.shape != image.shape[:2]:
-        raise EngineError(f"image must be H×W×3 uint8 and mask H×W, got {image.shape} {image.dtype} and {mask.shape}")
-    if not (mask > 0).any():
-        raise EngineError("mask is empty: nothing to edit")
+    sampler: bool = param(False, "run a 9-channel inpaint/sdedit through the editflow sampler, not diffusers' pipeline")
+    prompt_2: str | None = param(None, "SDXL's second prompt")
+    negative_prompt_2: str | None = param(None, "SDXL's second negative prompt")
 
 
 def jumps_for(request: EditRequest) -> tuple[int, int]:
@@ -97,28 +69,22 @@ def jumps_for(request: EditRequest) -> tuple[int, int]:
     return (int(request.jump_length or DEFAULT_JUMPS[0]), int(request.jump_n_sample or DEFAULT_JUMPS[1]))
 
 
-def generators(jobs: list[Job]) -> list[torch.Generator]:
-    """One fresh CPU generator per row, seeded from the row's seed."""
-    return [torch.Generator(device="cpu").manual_seed(int(j.request.seed) % (2**63)) for j in jobs]
-
-
-def open_sd_model(engine: Engine, model: str, options: dict[str, Any], share: bool = True) -> Any:
-    """Load `model` for an SD-based engine: sets its runtime switches, dtype, source and revision.
+def open_sd_model(model: str, device: str, options: dict[str, Any], share: bool = True) -> tuple[Any, Any, str | None]:
+    """Load `model` for an SD-based engine's `from_pretrained`: (pipeline, source, revision).
 
     With a ``shared_models`` dict in `options` (the edit stage passes one per worker), engines of
     one model, device, dtype and switches (`sd`, `sd` makeup, `sd-ipadapter`) share one loaded
     pipeline instead of holding a copy each; `share=False` for engines that change the weights."""
-    engine.runtime = RuntimeOptions.from_options(options)
-    engine.dtype = select_dtype(engine.device, engine.runtime.dtype)
+    runtime = RuntimeOptions.from_options(options)
+    dtype = select_dtype(device, runtime.dtype)
     shared = options.get("shared_models") if share else None
-    key = (model, str(engine.device), str(engine.dtype), repr(engine.runtime.switch_key()))
+    key = (model, str(device), str(dtype), repr(runtime.switch_key()))
     if shared is not None and key in shared:
-        pipe, engine.source, engine.revision = shared[key]
-        return pipe
-    pipe, engine.source, engine.revision = load_sd_pipeline(model, engine.dtype)
+        return shared[key]
+    loaded = load_sd_pipeline(model, dtype)
     if shared is not None:
-        shared[key] = (pipe, engine.source, engine.revision)
-    return pipe
+        shared[key] = loaded
+    return loaded
 
 
 def release_adapter(pipe: Any) -> None:
@@ -130,26 +96,48 @@ def release_adapter(pipe: Any) -> None:
 
 
 class SDEngine(JobEngine):
-    """Stable Diffusion / SDXL, inpainting (9-channel) or plain (4-channel) checkpoints."""
+    """Stable Diffusion / SDXL, inpainting (9-channel) or plain (4-channel) checkpoints.
+
+    Built from a loaded diffusers pipeline (`SDEngine(pipe)`: benchmarks, notebooks) or by
+    `from_pretrained(model)` (hub id, folder or single file; editflow.models)."""
 
     name = "sd"
     tasks = TASKS
+    Params = SDParams
+    #: engines that leave the weights as loaded share one pipeline per worker (`open_sd_model`)
+    shares_pipeline = True
+    models = (
+        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel)",
+                  "inpaint via diffusers' pipeline; repaint/sdedit via the editflow sampler"),
+        ModelInfo("stabilityai/stable-diffusion-2-inpainting", "SD 2 inpaint (9-channel)"),
+        ModelInfo("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "SDXL inpaint (9-channel)"),
+        ModelInfo("stable-diffusion-v1-5/stable-diffusion-v1-5", "SD 1.5 (4-channel)",
+                  "latent SDEdit / RePaint / masked inpaint through the editflow sampler"),
+        ModelInfo("stabilityai/stable-diffusion-2-1-base", "SD 2.1 base (4-channel)"),
+        ModelInfo("stabilityai/stable-diffusion-xl-base-1.0", "SDXL base (4-channel)"),
+    )
+    weights = "SD 1.x/2.x/SDXL (`--model` hub id[@revision], diffusers folder or `.safetensors`)"
+    summary = ("9-channel inpainting checkpoints through diffusers' inpaint pipeline (per-row generators, prompts, "
+               "guidance, strength); 4-channel checkpoints — and RePaint on 9-channel ones — through editflow's "
+               "sampler in latent space (CFG, the jump schedule). Images larger than the model's resolution are "
+               "edited in a window around the mask and returned at full size")
 
-    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
-        model = model or DEFAULT_MODELS["sd"]
+    def __init__(self, pipe: Any, model: str = "in-memory", device: str | None = None, source: Any = None,
+                 revision: str | None = None, **options: Any) -> None:
         super().__init__(model=model, device=select_device(device), **options)
-        self._setup(open_sd_model(self, model, options))
-
-    @classmethod
-    def from_pipeline(cls, pipe: Any, device: str | None = None, model: str = "in-memory", **options: Any) -> SDEngine:
-        """An engine around an already built diffusers SD/SDXL pipeline (benchmarks, notebooks)."""
-        self = cls.__new__(cls)
-        Engine.__init__(self, model=model, device=select_device(device), **options)
         self.runtime = RuntimeOptions.from_options(options)
         self.dtype = select_dtype(self.device, self.runtime.dtype)
-        self.source, self.revision = None, None
-        self._setup(pipe if pipe.unet.dtype == self.dtype else pipe.to(dtype=self.dtype))
-        return self
+        self.source, self.revision = source, revision
+        unet = getattr(pipe, "unet", None)
+        self._setup(pipe if unet is None or unet.dtype == self.dtype else pipe.to(dtype=self.dtype))
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, device: str | None = None, **options: Any) -> SDEngine:
+        """Load `model` (default: the first of `models`) in the device's dtype and build the engine."""
+        model = model or cls.default_model()
+        device = select_device(device)
+        pipe, source, revision = open_sd_model(model, device, options, share=cls.shares_pipeline)
+        return cls(pipe, model=model, device=device, source=source, revision=revision, **options)
 
     def _setup(self, pipe: Any) -> None:
         model = self.model
@@ -169,14 +157,17 @@ class SDEngine(JobEngine):
         self.xl = getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None
         self.in_channels = int(pipe.unet.config.in_channels)
         self.rows_per_call = self.runtime.rows_per_call(self.device)
-        self.denoiser = LatentUNetDenoiser(
-            pipe.unet, vae, pipe.scheduler.config.get("prediction_type", "epsilon"), self.rows_per_call
-        )
+        self.denoiser = self._denoiser(pipe)
         sample_size = pipe.unet.config.sample_size
         sample_size = sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size
         self.resolution = int(sample_size) * self.denoiser.scale_factor
         self.multiple = max(8, self.denoiser.scale_factor)  # VAE needs its factor; 8 keeps every SD happy
         self._inpaint_pipe = None
+
+    def _denoiser(self, pipe: Any) -> LatentUNetDenoiser:
+        """The sampler's view of the pipeline's UNet and VAE."""
+        return LatentUNetDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
+                                  self.rows_per_call)
 
     def _take_safety_checker(self, pipe: Any) -> None:
         """Hub SD 1.x/2.x pipelines come with a safety checker that blackens flagged images and
@@ -245,23 +236,22 @@ class SDEngine(JobEngine):
 
     def _prepare(self, index: int, request: EditRequest) -> Job:
         check_request(request, TASKS, self.name)
-        p = request.params or {}
-        max_side = int(p.get("max_side", self.resolution))
-        plan = plan_crop(request.mask, max_side, self.multiple, float(p.get("context", 0.5)))
-        use_pipeline = self.in_channels == 9 and request.task in ("inpaint", "sdedit") and not p.get("sampler")
+        p = self.params_of(request)
+        plan = plan_window(request, p, self.resolution, self.multiple)
+        use_pipeline = self.in_channels == 9 and request.task in ("inpaint", "sdedit") and not p.sampler
         strength = request.strength if request.strength is not None else DEFAULT_STRENGTH[request.task]
         if use_pipeline and self.xl and request.strength is None and request.task == "inpaint":
             strength = 0.9999  # diffusers' SDXL inpaint default: init latents keep image information
         steps = int(request.steps or DEFAULT_STEPS)
         guidance = float(request.guidance_scale if request.guidance_scale is not None else DEFAULT_GUIDANCE)
-        scheduler = str(p.get("scheduler", "ddim")).lower()
-        eta = float(p.get("eta", 0.0))
+        scheduler = p.scheduler.lower()
+        eta = float(p.eta)
         if not use_pipeline:
             SamplerConfig(steps=steps, strength=float(strength), scheduler=scheduler, eta=eta,
                           jump_length=jumps_for(request)[0], jump_n_sample=jumps_for(request)[1]).validate()
         elif int(steps * strength) < 1:
             raise EngineError(f"steps={steps} with strength={strength} gives no denoising step")
-        extra = {k: p[k] for k in ("prompt_2", "negative_prompt_2") if k in p}
+        extra = {k: getattr(p, k) for k in ("prompt_2", "negative_prompt_2") if getattr(p, k) is not None}
         return Job(index, request, plan, plan.image(request.image), plan.mask(request.mask),
                    "pipeline" if use_pipeline else "sampler", steps, float(strength), guidance,
                    jumps_for(request), "pipeline" if use_pipeline else scheduler, eta, extra)

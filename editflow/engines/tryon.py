@@ -48,10 +48,8 @@ Per row:
    hole in the new ones — but it does still show, faintly: albedo and shading are not separable
    from one photo, and a garment pattern coarser than the low-pass is flattened.
 
-Row params (besides the builtin's): `reference_mask`, `garment_region`, `fit`, `start`, `keep_shading`,
-`shading_sigma`, `bg_threshold` (ΔE from the border colour that counts as garment, default 12),
-`dress_length` (also a mask option).
-The row's `strength` (default 0.2) and `steps` go to the sampler as usual.
+Row params: `TryOnParams` (below; the builtin's plus the garment's and the fit's). The row's
+`strength` (default 0.2) and `steps` go to the sampler as usual.
 Engine options: `cache` (default True; False prepares the garment and runs the pose on every row),
 `cache_size` (garments and poses kept per worker, default 32).
 """
@@ -59,7 +57,6 @@ Engine options: `cache` (default True; False prepares the garment and runs the p
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,19 +64,30 @@ import cv2
 import numpy as np
 
 from editflow.engines.base import EditRequest, EditResult, EngineError, composite_unmasked
-from editflow.engines.builtin import BuiltinEngine
+from editflow.engines.builtin import BuiltinEngine, BuiltinParams
 from editflow.engines.garment_fit import Keypoints, garment_keypoints, person_keypoints, warp_garment
+from editflow.engines.params import param
+from editflow.lru import LRUCache
+from editflow.tasks import CATEGORIES
 
-CATEGORIES = ("upper", "lower", "dress")
 REGIONS = ("all", "top", "bottom")
 TALL = 1.6  # foreground height / width above which a garment photo is a dress or a full outfit
 SHADING_CLIP = (0.35, 1.6)
 DEFAULT_STRENGTH = 0.2
-#: row params this engine reads itself (the rest go to the builtin sampler)
-OWN_PARAMS = ("garment_region", "keep_shading", "shading_sigma", "bg_threshold", "start", "fit", "dress_length",
-              "sleeve")
 FITS = ("pose", "box")
 MIN_FIT = 0.05  # a pose fit covering less of the mask than this falls back to the box layout
+
+
+@dataclass(frozen=True)
+class TryOnParams(BuiltinParams):
+    """Row params of the weight-free try-on: the builtin sampler's plus the garment's and the fit's."""
+
+    garment_region: str | None = param(None, "all, top or bottom of the garment photo (default: from the category)")
+    fit: str = param("pose", "pose (the garment warped onto the person's pose) or box (onto the mask's box)")
+    start: str = param("warp", "warp (the garment laid onto the mask) or flat (its mean colour)")
+    keep_shading: float = param(1.0, "how much of the person's shading comes back (0 skips it)")
+    shading_sigma: float = param(0.04, "shading low-pass, fraction of the mask box's long side")
+    bg_threshold: float = param(12.0, "ΔE from the photo's border colour that counts as garment")
 
 
 @dataclass
@@ -337,140 +345,105 @@ class BuiltinTryOnEngine(BuiltinEngine):
     name = "builtin"
     tasks = frozenset({"tryon"})
 
+    Params = TryOnParams
+    summary = ("a weight-free approximation, not a try-on model: the garment's own silhouette (its product photo's "
+               "foreground) is warped onto the person by a thin-plate spline from its keypoints (collar, shoulder "
+               "corners, sleeve ends, hem corners, read off the silhouette) to the same places on the person's "
+               "MediaPipe pose, so neckline, sleeves and hem follow the body; the rest of the mask (under the "
+               "sleeves, around the neck, past the hem) is inpainted from the person's own picture outside the mask "
+               "by the patch-prior sampler; the garment is re-synthesised from its own patches (strength 0.2) and "
+               "the person's low-frequency shading is put back. No folds, no 3-D shape, no new arms: a refilled gap "
+               "takes wall, skin or whatever lies near it. `params.fit: box` (or no person found) stretches the "
+               "garment over the whole mask as before")
+
     def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
         super().__init__(model=model, device=device, **options)
-        self.use_cache = bool(options.get("cache", True))
-        self.cache_size = int(options.get("cache_size", 32))
-        self._garments: OrderedDict[tuple, Garment] = OrderedDict()
-        self._bodies: OrderedDict[str, Any] = OrderedDict()
+        self.garments: LRUCache[Garment] = LRUCache(int(options.get("cache_size", 32)), bool(options.get("cache", True)))
+        self.bodies: LRUCache[Any] = LRUCache(int(options.get("cache_size", 32)), bool(options.get("cache", True)))
         self._pose = None
-        self.stats = {"garments_prepared": 0, "garment_hits": 0, "pose_runs": 0, "box_fits": 0}
+        self.box_fits = 0
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"garments_prepared": self.garments.misses, "garment_hits": self.garments.hits,
+                "pose_runs": self.bodies.misses, "box_fits": self.box_fits}
 
     def garment(self, request: EditRequest) -> tuple[Garment, bool]:
         """The request's prepared garment and whether it came from the per-worker cache."""
-        p = request.params
-        given = p.get("reference_mask")
-        threshold = float(p.get("bg_threshold", 12.0))
+        p = self.params_of(request)
         key = None
-        if self.use_cache and request.reference_key and given is None:
-            key = (request.reference_key, request.category, p.get("garment_region"), threshold)
-            cached = self._garments.get(key)
-            if cached is not None:
-                self._garments.move_to_end(key)
-                self.stats["garment_hits"] += 1
-                return cached, True
-        garment = prepare_garment(request.reference, request.category, given, p.get("garment_region"), threshold)
-        self.stats["garments_prepared"] += 1
-        if key is not None and self.cache_size > 0:
-            self._garments[key] = garment
-            while len(self._garments) > self.cache_size:
-                self._garments.popitem(last=False)
-        return garment, False
+        if request.reference_key and p.reference_mask is None:
+            key = (request.reference_key, request.category, p.garment_region, float(p.bg_threshold))
+        return self.garments.get_or_make(key, lambda: prepare_garment(
+            request.reference, request.category, p.reference_mask, p.garment_region, float(p.bg_threshold)))
 
     def body(self, request: EditRequest):
         """The person's pose (MediaPipe, `masks/body.py`), cached per worker by `image_key`; None
         when no person is found."""
-        key = request.image_key if self.use_cache else None
-        if key is not None and key in self._bodies:
-            self._bodies.move_to_end(key)
-            return self._bodies[key]
-        if self._pose is None:
-            from editflow.masks.body import PoseModel
+        def detect():
+            if self._pose is None:
+                from editflow.masks.body import PoseModel
 
-            self._pose = PoseModel()
-        found = self._pose.detect(request.image)
-        self.stats["pose_runs"] += 1
-        if key is not None and self.cache_size > 0:
-            self._bodies[key] = found
-            while len(self._bodies) > self.cache_size:
-                self._bodies.popitem(last=False)
-        return found
+                self._pose = PoseModel()
+            return self._pose.detect(request.image)
+
+        return self.bodies.get_or_make(request.image_key, detect)[0]
 
     def close(self) -> None:
         if self._pose is not None:
             self._pose.close()
             self._pose = None
 
-    def _stage(self, request: EditRequest) -> tuple[bool, np.ndarray, EditRequest | None, EditRequest]:
-        """Whether the garment was cached, its region in the mask, the refill request for the rest
-        of the mask (None when the garment covers it all) and the garment request (its start
-        still without the refill)."""
+    def before(self, request: EditRequest) -> tuple[EditRequest, tuple[bool, np.ndarray, np.ndarray, bool]]:
+        """The garment fitted onto the person (pose, else the mask's box) with the person's shading:
+        the sampler's start. The mask outside the garment is first refilled from the person's own
+        patches outside the mask (skin, background; not the old garment)."""
         if request.task != "tryon":
             raise EngineError(f"this engine runs task tryon, not {request.task!r}")
         if request.reference is None:
             raise EngineError("task tryon needs a reference image (the garment)")
         if request.mask.shape != request.image.shape[:2] or not (request.mask > 0).any():
             raise EngineError("mask is empty or does not match the image: nothing to try on")
-        p = request.params
-        fit = str(p.get("fit", "pose")).lower()
+        p = self.params_of(request)
+        fit = p.fit.lower()
         if fit not in FITS:
-            raise EngineError(f"params.fit must be one of {', '.join(FITS)}, got {p.get('fit')!r}")
+            raise EngineError(f"params.fit must be one of {', '.join(FITS)}, got {p.fit!r}")
         garment, cached = self.garment(request)
-        sigma = float(p.get("shading_sigma", 0.04))
-        mode = str(p.get("start", "warp")).lower()
+        mode = p.start.lower()
         inside = request.mask > 0
         region, albedo = inside, None
         if fit == "pose" and mode == "warp":
             body = self.body(request)
             if body is not None:
-                albedo, footprint = fit_garment(garment, body, request.mask, request.category, p.get("dress_length"))
+                albedo, footprint = fit_garment(garment, body, request.mask, request.category, p.dress_length)
                 if footprint.sum() >= MIN_FIT * inside.sum():
                     region = footprint
                 else:
                     albedo = None
             if albedo is None:
-                self.stats["box_fits"] += 1
+                self.box_fits += 1
         garment_mask = np.where(region, request.mask, 0).astype(np.float32)
-        start = shaded_start(request.image, garment_mask, garment, sigma, mode, albedo)
-        params = {k: v for k, v in p.items() if k not in OWN_PARAMS}
-        refill = None
-        if (inside & ~region).any():
-            # the mask outside the garment: inpainted from the person's own patches outside the
-            # mask (skin, background; not the old garment), the garment's region then painted over
-            refill_params = {k: v for k, v in params.items() if k != "reference_mask"}
-            refill = dataclasses.replace(request, task="inpaint", reference=None, strength=None, params=refill_params)
-        params["reference_mask"] = garment.mask
-        strength = DEFAULT_STRENGTH if request.strength is None else request.strength
-        sub = dataclasses.replace(request, image=start, mask=garment_mask, strength=strength,
-                                  reference=garment.rgb, params=params)
-        return cached, garment_mask, refill, sub
-
-    def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:
-        results: list[EditResult | Exception | None] = [None] * len(requests)
-        staged: list[tuple[int, bool, np.ndarray, EditRequest | None, EditRequest]] = []
-        for i, request in enumerate(requests):
-            try:
-                staged.append((i, *self._stage(request)))
-            except Exception as exc:
-                results[i] = exc
-        # 1. the mask refilled from the person (one sampler batch), under the garment's region
-        refills = [(k, s[3]) for k, s in enumerate(staged) if s[3] is not None]
-        refilled = super().edit_batch([r for _, r in refills]) if refills else []
-        for (k, refill), out in zip(refills, refilled):
-            i, cached, region, _, sub = staged[k]
+        start = shaded_start(request.image, garment_mask, garment, float(p.shading_sigma), mode, albedo)
+        refilled = bool((inside & ~region).any())
+        if refilled:
+            refill = dataclasses.replace(request, task="inpaint", reference=None, strength=None,
+                                         typed_params=dataclasses.replace(p, reference_mask=None))
+            (out,) = self.sample([refill])
             if isinstance(out, Exception):
-                results[i] = out
-                continue
-            leftover = (refill.mask > 0) & (region <= 0)
-            start = sub.image.copy()
+                raise out
+            leftover = inside & (region <= 0)
             start[leftover] = composite_unmasked(refill.image, out.image, refill.mask)[leftover]
-            staged[k] = (i, cached, region, refill, dataclasses.replace(sub, image=start))
-        staged = [s for s in staged if results[s[0]] is None]
-        # 2. the garment, re-synthesised from its own patches (one sampler batch)
-        outputs = super().edit_batch([s[4] for s in staged]) if staged else []
-        for (i, cached, region, refill, sub), out in zip(staged, outputs):
-            if isinstance(out, Exception):
-                results[i] = out
-                continue
-            request = requests[i]
-            try:
-                amount = float(request.params.get("keep_shading", 1.0))
-                sigma = float(request.params.get("shading_sigma", 0.04))
-                image = composite_unmasked(sub.image, out.image, region)
-                image = keep_shading(request.image, image, region, amount, sigma)
-                results[i] = dataclasses.replace(out, image=image, reference_cached=cached,
-                                                 model="patch-prior+pose-fit+shading" if refill is not None
-                                                 else "patch-prior+shading")
-            except Exception as exc:
-                results[i] = exc
-        return [r if r is not None else EngineError("no result") for r in results]
+        strength = DEFAULT_STRENGTH if request.strength is None else request.strength
+        return dataclasses.replace(request, image=start, mask=garment_mask, strength=strength, reference=garment.rgb,
+                                   typed_params=dataclasses.replace(p, reference_mask=garment.mask)), \
+            (cached, garment_mask, start, refilled)
+
+    def after(self, request: EditRequest, result: EditResult,
+              state: tuple[bool, np.ndarray, np.ndarray, bool]) -> EditResult:
+        """The garment's region of the sampler's result over the start, the person's low-frequency shading put back."""
+        cached, region, start, refilled = state
+        p = self.params_of(request)
+        image = composite_unmasked(start, result.image, region)
+        image = keep_shading(request.image, image, region, float(p.keep_shading), float(p.shading_sigma))
+        return dataclasses.replace(result, image=image, reference_cached=cached,
+                                   model="patch-prior+pose-fit+shading" if refilled else "patch-prior+shading")

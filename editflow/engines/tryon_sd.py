@@ -70,26 +70,27 @@ import torch
 import torch.nn.functional as F
 
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
-from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
-from editflow.engines.crop import CropPlan, plan_crop
-from editflow.engines.device import execution_device, freeze, vae_dtype, vae_in
+from editflow.diffusion.unets import LatentUNetDenoiser, chunks, guided_epsilon
+from editflow.engines.base import EditRequest, EditResult, EngineError
+from editflow.engines.crop import CropPlan
+from editflow.diffusion.device import execution_device
 from editflow.engines.frame import FramePlan, parse_resolution, plan_frame
 from editflow.engines.ipadapter import (
-    DEFAULT_IP_ADAPTER_WEIGHT, PLUS_IP_ADAPTER_WEIGHT, EmbeddingCache, IPAdapterSDEngine, IPAdapterSpec, RefJob,
+    DEFAULT_IP_ADAPTER_WEIGHT, PLUS_IP_ADAPTER_WEIGHT, IPAdapterSDEngine, IPAdapterSpec, RefJob, array_key,
     pad_to_square, sampler_settings, weight_present,
 )
-from editflow.engines.latent import LatentUNetDenoiser, chunks, guided_epsilon
-from editflow.engines.sd import check_request, generators, open_sd_model
-from editflow.models import (
-    DEFAULT_MODELS, ModelNotAvailableError, apply_switches, select_device,
-)
+from editflow.engines.params import param
+from editflow.engines.sd import SDEngine
+from editflow.engines.window import WindowParams, check_request, generators, plan_window
+from editflow.lru import LRUCache
+from editflow.models import ModelInfo, ModelNotAvailableError
+from editflow.tasks import CATEGORIES
 
 __all__ = [
     "CATEGORIES", "default_prompt", "check_tryon", "SDIPAdapterTryOnEngine", "ConcatTryOnEngine",
     "attention_parameters", "load_attention_weights", "garment_window",
 ]
 
-CATEGORIES = ("upper", "lower", "dress")
 TASKS = frozenset({"tryon"})
 _GARMENT_WORDS = {"upper": "an upper-body garment", "lower": "a lower-body garment", "dress": "a dress"}
 DEFAULT_STEPS = 30
@@ -116,9 +117,9 @@ def check_tryon(request: EditRequest, engine: str) -> str:
         raise EngineError(f"the garment reference must be H×W×3 uint8, got {ref.shape} {ref.dtype}")
     category = (request.category or "").strip().lower()
     if not category:
-        raise EngineError("tryon needs a category (upper, lower, dress)")
+        raise EngineError(f"tryon needs a category ({', '.join(CATEGORIES)})")
     if category not in CATEGORIES:
-        raise EngineError(f"unknown try-on category {request.category!r}; expected one of upper, lower, dress")
+        raise EngineError(f"unknown try-on category {request.category!r}; expected one of {', '.join(CATEGORIES)}")
     return category
 
 
@@ -131,14 +132,26 @@ class SDIPAdapterTryOnEngine(IPAdapterSDEngine):
 
     name = "sd-ipadapter"
     tasks = TASKS
+    weights = ("SD inpainting + IP-Adapter (`params`: `ip_adapter`, `ip_adapter_weight`, `image_encoder`, "
+               "`ip_adapter_scale`; default `h94/IP-Adapter` `models/ip-adapter-plus_sd15.safetensors` when that "
+               "file is on this machine, else `models/ip-adapter_sd15.safetensors`; the `adapter` column says which)")
+    models = (
+        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint + IP-Adapter (try-on)",
+                  "any SD model `sd` takes; the adapter comes from params ip_adapter"),
+        ModelInfo("h94/IP-Adapter", "IP-Adapter weights + CLIP image encoder",
+                  "models/ip-adapter-plus_sd15.safetensors (the try-on default when present), else "
+                  "models/ip-adapter_sd15.safetensors; and models/image_encoder"),
+    )
+    summary = ("SD inpainting conditioned on the garment image through diffusers' `load_ip_adapter` (plus: 16 tokens"
+               " from CLIP's patch features, which keeps prints, logos and stripes), prompt optional (default from "
+               "the category), through editflow's sampler")
 
     def _prepare(self, index: int, request: EditRequest) -> RefJob:  # type: ignore[override]
         category = check_tryon(request, self.name)
-        p = request.params or {}
+        p = self.params_of(request)
         spec = self.spec_for(request)
-        plan = plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
-                         float(p.get("context", 0.5)))
-        s = sampler_settings(request, IPADAPTER_GUIDANCE, DEFAULT_STEPS)
+        plan = plan_window(request, p, self.resolution, self.multiple)
+        s = sampler_settings(request, p, IPADAPTER_GUIDANCE, DEFAULT_STEPS)
         request = dataclasses.replace(request, prompt=request.prompt or default_prompt(category))
         return RefJob(index, request, plan, plan.image(request.image), plan.mask(request.mask), "sampler",
                       s["steps"], s["strength"], s["guidance"], s["jumps"], s["scheduler"], s["eta"], {},
@@ -147,7 +160,8 @@ class SDIPAdapterTryOnEngine(IPAdapterSDEngine):
     def spec_for(self, request: EditRequest) -> IPAdapterSpec:
         """IP-Adapter-plus (``models/ip-adapter-plus_sd15.safetensors``) when its weights are on this
         machine, else the plain adapter, unless the row or the engine names a weight file."""
-        return IPAdapterSpec.from_params(request.params, self.options, default_weight=self._default_weight)
+        return IPAdapterSpec.from_params(self.params_of(request).given(), self.options,
+                                         default_weight=self._default_weight)
 
     def _default_weight(self, location: str) -> str:
         choices = self.__dict__.setdefault("_weight_choice", {})
@@ -416,55 +430,83 @@ class ConcatJob:
                 self.attention, self.extra.get("cross"), self.extra.get("axis"))
 
 
-class ConcatTryOnEngine(JobEngine):
+@dataclass(frozen=True)
+class ConcatParams(WindowParams):
+    """Row params of the `concat` try-on (row first, then the engine option of the same name, then the default)."""
+
+    eta: float = param(CONCAT_ETA, "DDIM eta (CatVTON samples with 1.0)")
+    context: float | None = param(None, "margin around the mask: default 0.1 of the frame, 0.5 of the box without it")
+    attention: str | None = param(None, "the self-attention (attn1) .safetensors checkpoint, or none for the base UNet")
+    cross_attention: str | None = param(None, "skip (default: the layers pass their input through) or zeros")
+    concat_axis: str | None = param(None, "height (default, CatVTON's layout) or width")
+    frame: bool | None = param(None, "CatVTON's 3:4 person frame (default true) or, false, the sd engine's window")
+    resolution: str | int | list[int] | None = param(None, "the frame's size, e.g. 512x384 (default: 3:4 at the model's)")
+    mask_free: bool | None = param(None, "true: the mask-free variant (needs an 8-channel InstructPix2Pix UNet)")
+    garment_fill: int = param(255, "grey level the garment is padded with to the window's shape")
+
+
+class ConcatTryOnEngine(SDEngine):
     """CatVTON-style try-on: person and garment latents concatenated in one UNet (inpainting, or
-    InstructPix2Pix-based for the mask-free variant)."""
+    InstructPix2Pix-based for the mask-free variant). Loading and setup are the `sd` engine's; then
+    the text encoders go and the attention layers are swapped per row."""
 
     name = "concat"
     tasks = TASKS
+    Params = ConcatParams
+    shares_pipeline = False  # its attention weights change per row
+    models = (
+        ModelInfo("stable-diffusion-v1-5/stable-diffusion-inpainting", "SD 1.5 inpaint (9-channel) for concat try-on",
+                  "plus a self-attention checkpoint (.safetensors, e.g. CatVTON's) in params attention"),
+        ModelInfo("timbrooks/instruct-pix2pix", "InstructPix2Pix (8-channel): the mask-free concat variant's base",
+                  "with a mask-free self-attention checkpoint in params attention"),
+    )
+    weights = ("a 9-channel SD inpainting model + a self-attention checkpoint (`params.attention`: `.safetensors` of"
+               " `attn1` weights, diffusers names or CatVTON's published `<index>.<param>` layout, e.g. "
+               "`mix-48k-1024/attention/model.safetensors`); mask-free: an 8-channel InstructPix2Pix model + the "
+               "mask-free attention")
+    summary = ("CatVTON-style, implemented from the paper: `[person ; garment]` latents stacked along height "
+               "(`params.concat_axis: width` for side by side) in one UNet, the person half denoised under the mask,"
+               " no text encoder; the person seen in a 3:4 frame around the mask resized to the checkpoint's "
+               "resolution (model resolution x 3/4, 512x384 on SD 1.5; `params.resolution: \"1024x768\"`; "
+               "`params.frame: false` for the plain window); CatVTON's sampler by default (50 DDIM steps, eta 1, "
+               "guidance 2.5); on an 8-channel model the mask-free variant (no mask channel, the whole frame "
+               "redrawn, the row's mask still limits what changes)")
 
-    def __init__(self, model: str | None = None, device: str | None = None, **options: Any) -> None:
-        model = model or DEFAULT_MODELS["sd"]
-        super().__init__(model=model, device=select_device(device), **options)
-        pipe = open_sd_model(self, model, options, share=False)  # its attention weights change per row
-        unet, vae = getattr(pipe, "unet", None), getattr(pipe, "vae", None)
-        if unet is None or vae is None:
-            raise EngineError(f"model {model!r} ({type(pipe).__name__}) has no unet/vae: not a Stable Diffusion checkpoint")
-        if int(unet.config.in_channels) not in (8, 9):
+    def _setup(self, pipe: Any) -> None:
+        model, unet = self.model, getattr(pipe, "unet", None)
+        if unet is not None and int(unet.config.in_channels) not in (8, 9):
             raise EngineError(f"engine concat needs an SD inpainting checkpoint (9-channel UNet), or for the mask-free "
                               f"variant an InstructPix2Pix one (8-channel); {model!r} has {unet.config.in_channels} "
                               "input channels")
-        if getattr(pipe, "text_encoder_2", None) is not None or unet.config.addition_embed_type is not None:
+        if unet is not None and (getattr(pipe, "text_encoder_2", None) is not None
+                                 or unet.config.addition_embed_type is not None):
             raise EngineError("engine concat runs SD 1.x/2.x inpainting UNets, not SDXL")
         for name in ("text_encoder", "text_encoder_2", "safety_checker"):  # no text: free the memory
             if getattr(pipe, name, None) is not None:
                 setattr(pipe, name, None)
-        vae_in(vae, vae_dtype(vae, self.dtype))  # the sampler path's VAE: fp32 where fp16 overflows
-        self.switches = apply_switches(pipe, self.runtime, self.device)
-        freeze(unet, vae)
-        self.unet, self.vae, self.schedule = unet, vae, dict(pipe.scheduler.config)
-        self.rows_per_call = self.runtime.rows_per_call(self.device)
-        cross = unet.config.cross_attention_dim
-        self.cross_attention_dim = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
-        self.base = ConcatDenoiser(unet, vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
-                                   self.rows_per_call, cross_attention_dim=self.cross_attention_dim)
-        sample = unet.config.sample_size
-        sample = sample[0] if isinstance(sample, (list, tuple)) else sample
-        self.resolution = int(sample) * self.base.scale_factor
-        self.multiple = max(8, self.base.scale_factor)
+        super()._setup(pipe)
+        self.unet, self.vae, self.schedule = pipe.unet.eval(), pipe.vae.eval(), dict(pipe.scheduler.config)
+        self.base = self.denoiser
         #: CatVTON's frame: 3:4 (width:height) at the model's resolution, e.g. 512x384 on SD 1.5
         self.frame_size = (self.resolution, self.resolution * 3 // 4 // self.multiple * self.multiple)
         self.mask_free = self.base.mask_free
-        self._processors = dict(unet.attn_processors)
+        self._processors = dict(self.unet.attn_processors)
         self._cross_mode: str | None = None
-        self._original = {k: v.detach().clone() for k, v in attention_parameters(unet).items()}
+        self._original = {k: v.detach().clone() for k, v in attention_parameters(self.unet).items()}
         self.attention: str | None = None
-        self.cache = EmbeddingCache(int(options.get("cache_size", 256)), enabled=bool(options.get("cache", True)))
+        self.cache: LRUCache = LRUCache(int(self.options.get("cache_size", 256)),
+                                        enabled=bool(self.options.get("cache", True)))
+
+    def _denoiser(self, pipe: Any) -> ConcatDenoiser:
+        cross = pipe.unet.config.cross_attention_dim
+        self.cross_attention_dim = int(cross[0] if isinstance(cross, (list, tuple)) else cross)
+        return ConcatDenoiser(pipe.unet, pipe.vae, pipe.scheduler.config.get("prediction_type", "epsilon"),
+                              self.rows_per_call, cross_attention_dim=self.cross_attention_dim)
 
     # -- per-row settings ------------------------------------------------------------------
 
     def _attention_spec(self, request: EditRequest) -> str:
-        spec = (request.params or {}).get("attention") or self.options.get("attention")
+        spec = self.params_of(request).attention or self.options.get("attention")
         if not spec:
             raise EngineError(
                 "engine concat needs self-attention weights: params.attention (or the engine option `attention`) = "
@@ -496,42 +538,43 @@ class ConcatTryOnEngine(JobEngine):
         self.unet.set_attn_processor(procs)
         self._cross_mode = mode
 
-    def _option(self, params: dict[str, Any], key: str, default: Any) -> Any:
-        value = params.get(key, self.options.get(key))
+    def _option(self, params: ConcatParams, key: str, default: Any) -> Any:
+        value = getattr(params, key)
+        value = self.options.get(key) if value is None else value
         return default if value is None else value
 
     def plan(self, request: EditRequest) -> CropPlan | FramePlan:
         """CatVTON's frame (``params.frame`` true, the default) or the `sd` engine's window around the mask."""
-        p = request.params or {}
+        p = self.params_of(request)
         if not _flag(self._option(p, "frame", True), "frame"):
-            return plan_crop(request.mask, int(p.get("max_side", self.resolution)), self.multiple,
-                             float(p.get("context", 0.5)))
+            return plan_window(request, dataclasses.replace(p, context=0.5 if p.context is None else p.context),
+                               self.resolution, self.multiple)
         try:
             size = parse_resolution(self._option(p, "resolution", self.frame_size), self.multiple)
         except ValueError as exc:
             raise EngineError(f"params.resolution: {exc}") from None
-        return plan_frame(request.mask, *size, context=float(p.get("context", 0.1)))
+        return plan_frame(request.mask, *size, context=float(0.1 if p.context is None else p.context))
 
     # -- batch -----------------------------------------------------------------------------
 
     def _prepare(self, index: int, request: EditRequest) -> ConcatJob:
         check_tryon(request, self.name)
-        p = request.params or {}
+        p = self.params_of(request)
         cross = str(self._option(p, "cross_attention", "skip")).lower()
         if cross not in ("skip", "zeros"):
             raise EngineError(f"params.cross_attention must be skip or zeros, got {cross!r}")
         axis = str(self._option(p, "concat_axis", "height")).lower()
         if axis not in CONCAT_AXES:
             raise EngineError(f"params.concat_axis must be height or width, got {axis!r}")
-        mask_free = p.get("mask_free")
+        mask_free = p.mask_free
         if mask_free is not None and _flag(mask_free, "mask_free") != self.mask_free:
             raise EngineError(
                 "params.mask_free: true needs the mask-free checkpoint's base, an InstructPix2Pix model (8-channel UNet, "
                 "e.g. timbrooks/instruct-pix2pix with CatVTON-MaskFree attention)" if not self.mask_free else
                 f"model {self.model!r} is an InstructPix2Pix (8-channel) UNet: it runs mask-free only")
         plan = self.plan(request)
-        settings = sampler_settings(request, CONCAT_GUIDANCE, CONCAT_STEPS, default_eta=CONCAT_ETA)
-        fill = int(p.get("garment_fill", 255))
+        settings = sampler_settings(request, p, CONCAT_GUIDANCE, CONCAT_STEPS)
+        fill = int(p.garment_fill)
         mask = plan.mask(request.mask)
         if self.mask_free:  # the model redraws the whole frame; the edit stage keeps only the row's mask
             mask = torch.ones_like(mask)
@@ -542,7 +585,7 @@ class ConcatTryOnEngine(JobEngine):
 
     def garment_latents(self, job: ConcatJob) -> torch.Tensor:
         h, w = job.plan.proc_size
-        key = (job.request.reference_key or _array_key(job.request.reference), h, w, job.fill)
+        key = (job.request.reference_key or array_key(job.request.reference), h, w, job.fill)
 
         def make() -> torch.Tensor:
             window = garment_window(job.request.reference, h, w, job.fill).to(torch.device(self.device))
@@ -595,8 +638,3 @@ def _flag(value: Any, name: str) -> bool:
         return False
     raise EngineError(f"params.{name} must be true or false, got {value!r}")
 
-
-def _array_key(array: np.ndarray) -> str:
-    from editflow.engines.ipadapter import array_key
-
-    return array_key(array)

@@ -18,15 +18,14 @@ download); the stage turns them into row errors.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from editflow.lru import LRUCache
 from editflow.masks.spec import MaskSpec
-
-AUTO_MASK_KINDS = ("sam", "face", "garment", "person")
+from editflow.tasks import AUTO_MASK_KINDS
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,8 @@ class AutoMasker:
         self._faces = None
         self._pose = None
         self._hands = None
-        self._masks: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._detections: OrderedDict[tuple, Any] = OrderedDict()
+        self._masks: LRUCache[np.ndarray] = LRUCache(self.settings.cache_size)
+        self._detections: LRUCache[Any] = LRUCache(max(4, self.settings.cache_size // 4) if self.settings.cache_size else 0)
         self.stats = {"mask_hits": 0, "mask_misses": 0, "face_runs": 0, "pose_runs": 0, "hand_runs": 0}
 
     # models ---------------------------------------------------------------------------------
@@ -111,8 +110,7 @@ class AutoMasker:
     def _detect(self, what: str, key: str, image: np.ndarray):
         cache_key = (what, key)
         if cache_key in self._detections:
-            self._detections.move_to_end(cache_key)
-            return self._detections[cache_key]
+            return self._detections.get(cache_key)
         if what == "face":
             found = self._face_model().detect(image)
             self.stats["face_runs"] += 1
@@ -122,10 +120,19 @@ class AutoMasker:
         else:
             found = self._pose_model().detect(image)
             self.stats["pose_runs"] += 1
-        self._detections[cache_key] = found
-        while len(self._detections) > (max(4, self.settings.cache_size // 4) if self.settings.cache_size else 0):
-            self._detections.popitem(last=False)
+        self._detections.put(cache_key, found)
         return found
+
+    def faces_found(self, image: np.ndarray, context: MaskContext | None = None) -> np.ndarray | None:
+        """The face landmarks already found in `image` (N × 478 × 2 float32, largest first), or None
+        when no face detection ran on it (or it left the cache): facts the engine may reuse."""
+        key = ("face", (context.image_key if context else None) or image_key(image))
+        if key not in self._detections:
+            return None
+        faces = self._detections.get(key)
+        if not faces:
+            return None
+        return np.stack([np.asarray(f.points, np.float32) for f in faces])
 
     # masks ----------------------------------------------------------------------------------
     def make(self, spec: MaskSpec, image: np.ndarray, context: MaskContext | None = None) -> np.ndarray:
@@ -139,15 +146,12 @@ class AutoMasker:
         cache_key = (key, _canonical(spec), options, (height, width))
         cached = self._masks.get(cache_key)
         if cached is not None:
-            self._masks.move_to_end(cache_key)
             self.stats["mask_hits"] += 1
             return cached.copy()
         self.stats["mask_misses"] += 1
         mask = self._compute(spec, image, key, context.options)
         mask = np.ascontiguousarray(mask, np.float32)
-        self._masks[cache_key] = mask
-        while len(self._masks) > self.settings.cache_size:
-            self._masks.popitem(last=False)
+        self._masks.put(cache_key, mask)
         return mask.copy()
 
     def _compute(self, spec: MaskSpec, image: np.ndarray, key: str, options: dict[str, Any]) -> np.ndarray:

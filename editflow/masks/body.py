@@ -40,8 +40,8 @@ import numpy as np
 
 from editflow.masks.face import MaskModelError, import_mediapipe, start_solution
 from editflow.errors import EditflowError
+from editflow.tasks import CATEGORIES as GARMENT_CATEGORIES
 
-GARMENT_CATEGORIES = ("upper", "lower", "dress")
 SLEEVES = ("long", "short")
 WAIST_RISE = 0.12  # the waistband above the hip joints, in shoulder widths
 LOOSE_MARGIN = 0.12  # how far past the person's outline a garment may reach, in shoulder widths

@@ -1,4 +1,5 @@
-"""Turn geometric specs (box, polygon, full) into float masks at an image's size."""
+"""Turn geometric specs (box, polygon, full) into float masks at an image's size; draw a mask over its
+photo (previews, the report)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,19 @@ def render_geometric(spec: MaskSpec, width: int, height: int) -> np.ndarray:
     if not mask.any():
         raise ValueError(f"mask {spec.text!r} lies outside the {width}x{height} image")
     return mask
+
+
+TINT = np.array([255, 40, 90], np.float32)  # magenta-red: visible on skin, clothes and sky
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, color=TINT) -> np.ndarray:
+    """RGB uint8: the photo with the mask tinted over it (alpha x mask) and its edge outlined."""
+    rgb = image[..., :3].astype(np.float32)
+    weight = (alpha * np.clip(mask, 0.0, 1.0))[..., None]
+    out = rgb * (1.0 - weight) + np.asarray(color, np.float32) * weight
+    hard = (mask > 0.5).astype(np.uint8)
+    contours, _ = cv2.findContours(hard, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    thickness = max(1, round(max(image.shape[:2]) / 400))
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness)
+    return out

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from editflow.masks.face import MaskModelError
+from editflow.lru import LRUCache
 from editflow.masks.spec import MaskSpec
 
 CHECKPOINT_FILES = {
@@ -193,24 +193,21 @@ def _caching_predictor(model, cache_size: int, counter: dict[str, int]):
     class CachingPredictor(SamPredictor):
         """SamPredictor whose `set_image` reuses the embedding of an image it has already encoded."""
 
-        cache: "OrderedDict[tuple, tuple[Any, tuple, tuple]]" = OrderedDict()
+        cache: LRUCache[tuple[Any, tuple, tuple]]
 
         def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
             key = (_image_key(image), image_format)
             hit = self.cache.get(key)
             if hit is not None:
-                self.cache.move_to_end(key)
                 self.features, self.original_size, self.input_size = hit
                 self.is_image_set = True
                 return
             super().set_image(image, image_format)
             counter["embeddings"] += 1
-            self.cache[key] = (self.features, self.original_size, self.input_size)
-            while len(self.cache) > cache_size:
-                self.cache.popitem(last=False)
+            self.cache.put(key, (self.features, self.original_size, self.input_size))
 
     predictor = CachingPredictor(model)
-    predictor.cache = OrderedDict()
+    predictor.cache = LRUCache(cache_size)
     return predictor
 
 

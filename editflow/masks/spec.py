@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from editflow.errors import EditflowError
+from editflow.tasks import CATEGORIES as GARMENT_CATEGORIES
 
 URI_SCHEMES = ("file", "s3", "gs", "http", "https")
 #: face parts; `eyes` is the lash line around the opening, `eye_opening`/`iris` the eyeball (masks/face.py)
 FACE_PARTS = ("lips", "eyes", "eyeshadow", "brows", "skin", "face", "eye_opening", "iris")
-GARMENT_CATEGORIES = ("upper", "lower", "dress")
-#: specs that need a model-backed mask maker (segment-anything, landmarks, segmentation).
-AUTO_KINDS = ("sam", "face", "garment", "person")
 
 
 class MaskSpecError(EditflowError, ValueError):

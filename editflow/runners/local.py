@@ -17,7 +17,9 @@ import pyarrow as pa
 from editflow.config import RunConfig
 from editflow.progress import ProgressFn
 from editflow.results import write_result_file
-from editflow.runners.stages import EditStage, MaskStage, PrepareStage, Row, WriteStage, new_row, run_stages
+from editflow.runners.stages import (
+    EditStage, MaskStage, PrepareStage, Row, WriteStage, close_stages, new_row, run_stages,
+)
 
 FILE_ROWS = 1000
 FILE_SECONDS = 60.0
@@ -63,9 +65,10 @@ def run_local(
                 buffer, last_write = [], time.monotonic()
             if progress:
                 progress(done, total, ok, done - ok)
-    finally:  # also on Ctrl-C: finished rows are kept
+    finally:  # also on Ctrl-C: finished rows are kept, and the stages free their models
         if buffer:
             _commit(writer, buffer, config)
+        close_stages(stages)
 
 
 def _commit(writer: WriteStage, rows: list[Row], config: RunConfig) -> None:

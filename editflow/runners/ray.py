@@ -36,7 +36,7 @@ from editflow.results import RESULT_SCHEMA, results_dir, to_result_table
 from editflow.runners.local import FILE_ROWS
 from editflow.runners.payload import rows_to_table, table_to_rows
 from editflow.runners.placement import Placement, local_device, plan_placement
-from editflow.runners.stages import EditStage, MaskStage, PrepareStage, WriteStage, new_row
+from editflow.runners.stages import EditStage, MaskStage, PrepareStage, WriteStage, close_stages, new_row
 
 POLL_S = 0.5
 
@@ -98,6 +98,9 @@ class MaskActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return rows_to_table(self.mask(table_to_rows(batch)))
+
+    def __del__(self) -> None:  # Ray Data deletes the UDF when the pool shuts down gracefully
+        close_stages([self.mask, self.edit])
 
 
 def write_batch(batch: pa.Table, config: RunConfig, counter: Any = None) -> pa.Table:

@@ -29,13 +29,15 @@ from editflow.infotext import format_infotext
 from editflow.manifest import EditRow, RowError, parse_row
 from editflow.masks import ops
 from editflow.masks.render import render_geometric
-from editflow.masks.spec import AUTO_KINDS, MaskSpec, parse_mask_spec
+from editflow.masks.spec import MaskSpec, parse_mask_spec
+from editflow.tasks import AUTO_MASK_KINDS, auto_mask_text
 from editflow.media import (
     decode_image, encode_image, load_mask_file, read_bytes, resolve_uri, safe_output_name, sha256_hex,
 )
 
 Row = dict[str, Any]
-PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output", "_icc")
+#: in-flight arrays; "_faces" = face landmarks the mask stage found (N × 478 × 2), for the engine
+PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output", "_icc", "_faces")
 BYTES_PAYLOAD_KEYS = ("_icc",)  # in-flight bytes (the input's ICC profile); the others are arrays
 MAX_ERROR_CHARS = 1000
 
@@ -118,6 +120,9 @@ class Stage(ABC):
     def process_row(self, row: Row) -> None:
         """Fill in this stage's columns of one row, or raise: the row becomes an error row."""
 
+    def close(self) -> None:
+        """Free what the stage holds (models, detectors) when its worker finishes."""
+
 
 class PrepareStage(Stage):
     """Validate the row, read and decode the image (and reference) under the media policy."""
@@ -152,12 +157,9 @@ def resolve_auto(spec: MaskSpec, edit: EditRow) -> MaskSpec:
     """What `auto` means for each task."""
     if spec.kind != "auto":
         return spec
-    if edit.task == "sdedit":
-        return parse_mask_spec("full")
-    if edit.task == "tryon":
-        return parse_mask_spec(f"garment:{edit.category or 'upper'}")
-    if edit.task == "makeup":
-        return parse_mask_spec("face:lips+eyes+brows")
+    text = auto_mask_text(edit.task, edit.category)
+    if text is not None:
+        return parse_mask_spec(text)
     raise RowError(f"task {edit.task} needs a mask: box:x0,y0,x1,y1, polygon:..., sam:..., or a mask image")
 
 
@@ -188,13 +190,16 @@ class MaskStage(Stage):
             mask = render_geometric(spec, width, height)
         elif spec.kind == "file":
             mask = load_mask_file(resolve_uri(spec.uri, self.config.base_dir), self.policy, (width, height))
-        elif spec.kind in AUTO_KINDS:
+        elif spec.kind in AUTO_MASK_KINDS:
             from editflow.masks.auto import MaskContext, mask_options
 
             context = MaskContext(image_key=row.get("input_sha256"), options=mask_options(edit.params))
             hits = self.auto.stats["mask_hits"]
             mask = self.auto.make(spec, row["_image"], context)
             row["mask_cached"] = self.auto.stats["mask_hits"] > hits
+            faces = self.auto.faces_found(row["_image"], context)
+            if faces is not None:  # the engine reuses them (makeup) instead of looking again
+                row["_faces"] = faces
         else:
             raise RowError(f"cannot make a mask from {spec.text!r}")
         mask = ops.feather(ops.grow(mask, edit.mask_grow), edit.mask_feather)
@@ -204,6 +209,11 @@ class MaskStage(Stage):
         row["mask_spec"] = spec.text
         row["mask_area"] = ops.area_fraction(mask)
         row["t_mask_s"] = time.perf_counter() - started
+
+    def close(self) -> None:
+        if self._auto is not None:
+            self._auto.close()
+            self._auto = None
 
 
 class EditStage(Stage):
@@ -222,10 +232,15 @@ class EditStage(Stage):
     def engine(self, name: str, task: str, model: str | None) -> Engine:
         key = (engine_target(name, task), model)
         if key not in self.engines:  # models load once per worker
-            self.engines[key] = get_engine_class(name, task)(model=model, device=self.device, cache=self.config.cache,
-                                                             shared_models=self.shared_models,
-                                                             **self.config.engine_options())
+            self.engines[key] = get_engine_class(name, task).from_pretrained(
+                model=model, device=self.device, cache=self.config.cache, shared_models=self.shared_models,
+                **self.config.engine_options())
         return self.engines[key]
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+        self.engines.clear()
 
     def process(self, rows: list[Row]) -> None:
         groups: dict[tuple[str, str, str | None], list[Row]] = defaultdict(list)
@@ -293,6 +308,7 @@ class EditStage(Stage):
             steps=edit.steps, strength=edit.strength, guidance_scale=edit.guidance_scale,
             jump_length=edit.jump_length, jump_n_sample=edit.jump_n_sample, category=edit.category,
             params=edit.params, image_key=row.get("input_sha256"), reference_key=row.get("reference_sha256"),
+            faces=row.get("_faces"),
         )
 
 
@@ -410,3 +426,15 @@ def run_stages(rows: list[Row], stages: list[Stage]) -> list[Row]:
     for stage in stages:
         rows = stage(rows)
     return rows
+
+
+def close_stages(stages: list[Stage]) -> None:
+    """Call every stage's `close` (a worker is done), even when one of them fails."""
+    errors = []
+    for stage in stages:
+        try:
+            stage.close()
+        except Exception as exc:  # the others still close
+            errors.append(exc)
+    if errors:
+        raise errors[0]

@@ -19,26 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from editflow.masks.render import overlay
+from editflow.tasks import CATEGORIES
+
 MANIFEST_SUFFIXES = (".parquet", ".pq", ".csv", ".jsonl", ".ndjson", ".json")
-TINT = np.array([255, 40, 90], np.float32)  # magenta-red: visible on skin, clothes and sky
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, color=TINT) -> np.ndarray:
-    """RGB uint8: the photo with the mask tinted over it (alpha x mask) and its edge outlined."""
-    rgb = image[..., :3].astype(np.float32)
-    weight = (alpha * np.clip(mask, 0.0, 1.0))[..., None]
-    out = rgb * (1.0 - weight) + np.asarray(color, np.float32) * weight
-    hard = (mask > 0.5).astype(np.uint8)
-    contours, _ = cv2.findContours(hard, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    thickness = max(1, round(max(image.shape[:2]) / 400))
-    out = np.clip(out, 0, 255).astype(np.uint8)
-    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness)
-    return out
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `editflow masks` on the CLI's subparsers."""
     parser = subparsers.add_parser(
@@ -51,7 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "Default: for a manifest each row's own mask, for an image auto")
     parser.add_argument("-o", "--out", required=True, help="folder for the masks, overlays and masks.jsonl")
     parser.add_argument("--task", default="inpaint", help="task for an image (decides what auto means; default inpaint)")
-    parser.add_argument("--category", default=None, choices=("upper", "lower", "dress"),
+    parser.add_argument("--category", default=None, choices=CATEGORIES,
                         help="try-on category for an image")
     parser.add_argument("--mask-grow", type=int, default=None)
     parser.add_argument("--mask-feather", type=int, default=None)
@@ -145,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m editflow.masks.preview ...`)."""
+    """Stand-alone entry point (`python -m editflow.commands.masks ...`)."""
     parser = argparse.ArgumentParser(prog="editflow")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)

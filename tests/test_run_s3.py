@@ -26,7 +26,6 @@ from editflow import cli, storage
 from editflow.results import results_dir, scan_results
 from editflow.runners import local as local_runner
 from tests.conftest import REPO, textured_image
-from tests.s3_server import moto_endpoint, s3_bucket  # noqa: F401  (fixtures)
 
 
 def png_bytes(array: np.ndarray) -> bytes:

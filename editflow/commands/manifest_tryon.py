@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from editflow.manifest import CATEGORIES, ManifestError, raw_column, read_table_file
+from editflow.manifest import ManifestError, raw_column, read_table_file
+from editflow.tasks import CATEGORIES
 
 PAIR_SEPARATOR = "+"
 #: pairs built and written per step: bounded memory whatever the catalog's size

@@ -47,7 +47,8 @@ def execution_device(module: Any, default: torch.device | str | None = None) -> 
                 return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
     if default is not None:
         return torch.device(default)
-    return next(iter(module.parameters())).device
+    weight = next(iter(module.parameters()), None)
+    return weight.device if weight is not None else torch.device(getattr(module, "device", "cpu"))
 
 
 def has_offload_hooks(module: Any) -> bool:

@@ -157,7 +157,7 @@ def test_tryon_and_makeup_rows_through_the_local_runner(faces, tmp_path) -> None
     from editflow.manifest import read_manifest
     from editflow.runners.driver import run_manifest
     from tests.conftest import write_jsonl
-    from tests.test_tryon_builtin import checked_tshirt
+    from tests.test_engine_tryon_builtin import checked_tshirt
 
     Image.fromarray(faces["target"]).save(tmp_path / "face.png")
     Image.fromarray(faces["reference"]).save(tmp_path / "lipstick.png")

@@ -19,7 +19,6 @@ from PIL import Image
 from editflow import cli
 from editflow.diffusion.sampler import SamplerConfig, make_scheduler, plan_transitions
 from tests.conftest import write_image, write_jsonl
-from tests.conftest_models import empty_hub_cache, tiny_models  # noqa: F401 (fixtures)
 from tests.test_run_local import all_result_rows
 
 MISSING = "acme/not-cached-inpainting"

@@ -14,7 +14,6 @@ import torch
 from editflow.engines import EditRequest, get_engine_class
 from editflow.engines.base import EngineError, composite_unmasked, unmasked_max_diff
 from tests.conftest import textured_image
-from tests.conftest_models import tiny_ip_adapter, tiny_models  # noqa: F401 (fixtures)
 
 from skimage import data as skimage_data  # noqa: E402  (dev extra; public-domain photos)
 
@@ -41,7 +40,7 @@ def engine(tiny_models, tiny_ip_adapter):
     def get(name: str = "sd-inpaint", **options):
         key = (name, tuple(sorted(options.items())))
         if key not in _ENGINES:
-            _ENGINES[key] = get_engine_class("sd", "makeup")(model=str(tiny_models[name]), device="cpu",
+            _ENGINES[key] = get_engine_class("sd", "makeup").from_pretrained(model=str(tiny_models[name]), device="cpu",
                                                              ip_adapter=str(tiny_ip_adapter), **options)
         return _ENGINES[key]
 

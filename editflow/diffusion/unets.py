@@ -23,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from editflow.engines.device import execution_device
+from editflow.diffusion.denoiser import PixelSpace
+from editflow.diffusion.device import execution_device
 
 __all__ = ["LatentCondition", "LatentUNetDenoiser", "PixelUNetDenoiser", "chunks", "VAE_ROWS"]
 
@@ -54,6 +55,9 @@ class LatentCondition:
     #: 9-channel inpainting UNets: mask at latent size [B, 1, h, w] (1 = repaint), masked-image latents
     mask: torch.Tensor | None = None
     masked_latents: torch.Tensor | None = None
+    #: IP-Adapter image embeddings per row ([B, D] or [B, S, D]); None = no image prompt
+    image_embeds: torch.Tensor | None = None
+    negative_image_embeds: torch.Tensor | None = None
 
 
 class LatentUNetDenoiser:
@@ -113,6 +117,11 @@ class LatentUNetDenoiser:
 
     # -- prediction -------------------------------------------------------------------------
 
+    def control_residuals(self, x: torch.Tensor, ts: torch.Tensor, states: torch.Tensor, condition: Any,
+                          sl: slice, cfg: bool) -> dict[str, Any]:
+        """Extra UNet inputs of this call (a ControlNet's residuals); none here."""
+        return {}
+
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: LatentCondition) -> torch.Tensor:
         c = condition
         cfg = c.negative_embeds is not None
@@ -136,8 +145,15 @@ class LatentUNetDenoiser:
                     added = {"text_embeds": torch.cat([c.negative_text_embeds[sl], added["text_embeds"]]),
                              "time_ids": torch.cat([c.negative_time_ids[sl], added["time_ids"]])}
             kwargs: dict[str, Any] = {"encoder_hidden_states": emb.to(device=device, dtype=dtype)}
-            if added is not None:
-                kwargs["added_cond_kwargs"] = {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
+            cond = {} if added is None else {k: v.to(device=device, dtype=dtype) for k, v in added.items()}
+            if c.image_embeds is not None:  # IP-Adapter: one image per row, zeros as its negative
+                img = c.image_embeds[sl]
+                if cfg:
+                    img = torch.cat([c.negative_image_embeds[sl], img])
+                cond["image_embeds"] = [img.unsqueeze(1).to(device=device, dtype=dtype)]
+            if cond:
+                kwargs["added_cond_kwargs"] = cond
+            kwargs.update(self.control_residuals(x, ts, emb, c, sl, cfg))
             out = self.unet(x.to(device=device, dtype=dtype), ts.to(device), **kwargs).sample.float()
             outs.append(guided_epsilon(out, cfg, c.guidance_scale, self.model_prediction, alpha_bar_t[sl], x_t[sl]))
         return torch.cat(outs).to(x_t.device)
@@ -156,10 +172,8 @@ def guided_epsilon(out: torch.Tensor, cfg: bool, guidance_scale: float, predicti
     return out
 
 
-class PixelUNetDenoiser:
+class PixelUNetDenoiser(PixelSpace):
     """A pixel-space `UNet2DModel` (e.g. google/ddpm-ema-celebahq-256) as a `Denoiser`."""
-
-    space = "pixel"
 
     def __init__(self, unet: Any, prediction_type: str = "epsilon", rows_per_call: int | None = None) -> None:
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
@@ -169,15 +183,6 @@ class PixelUNetDenoiser:
         self.prediction = "sample" if prediction_type == "sample" else "epsilon"
         self.rows_per_call = rows_per_call
         self.multiple = 2 ** (len(unet.config.block_out_channels) - 1)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
-
-    def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        return samples
-
-    def mask_to_space(self, masks: torch.Tensor) -> torch.Tensor:
-        return masks
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor, condition: Any = None) -> torch.Tensor:
         outs = []

@@ -17,9 +17,6 @@ from editflow.engines import EditRequest, get_engine_class
 from editflow.engines.base import EngineError, composite_unmasked, unmasked_max_diff
 from editflow.models import ModelNotAvailableError
 from tests.conftest import textured_image, write_image, write_jsonl
-from tests.conftest_models import (  # noqa: F401 (fixtures)
-    empty_hub_cache, tiny_ip_adapter, tiny_ip_adapter_plus, tiny_models,
-)
 from tests.test_run_local import all_result_rows
 
 PERSON = textured_image(64, 56, seed=21)  # 64 wide, 56 high: within the tiny models' 64 px
@@ -35,7 +32,7 @@ _ENGINES: dict = {}
 def engine(name: str, model, **options):
     key = (name, str(model), tuple(sorted(options.items())))
     if key not in _ENGINES:
-        _ENGINES[key] = get_engine_class(name, "tryon")(model=str(model), device="cpu", **options)
+        _ENGINES[key] = get_engine_class(name, "tryon").from_pretrained(model=str(model), device="cpu", **options)
     return _ENGINES[key]
 
 
@@ -138,11 +135,11 @@ def test_ipadapter_plus_from_the_hub_cache(tiny_models, tiny_ip_adapter_plus, em
     shutil.copytree(tiny_ip_adapter_plus / "models", snapshot / "models")
     (empty_hub_cache / "models--h94--IP-Adapter" / "refs").mkdir()
     (empty_hub_cache / "models--h94--IP-Adapter" / "refs" / "main").write_text("a" * 40)
-    e = get_engine_class("sd-ipadapter", "tryon")(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    e = get_engine_class("sd-ipadapter", "tryon").from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
     (r,) = ok(e.edit_batch([tryon("h", steps=2)]))
     assert e.adapter.kind == "plus" and r.adapter.startswith("ip-adapter h94/IP-Adapter models/ip-adapter-plus_sd15")
     (snapshot / "models" / "ip-adapter-plus_sd15.safetensors").unlink()
-    e2 = get_engine_class("sd-ipadapter", "tryon")(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    e2 = get_engine_class("sd-ipadapter", "tryon").from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
     (r2,) = ok(e2.edit_batch([tryon("h", steps=2)]))
     assert e2.adapter.kind == "base" and "models/ip-adapter_sd15.safetensors" in r2.adapter
 
@@ -186,7 +183,7 @@ def test_bad_rows_are_row_errors(ipa):
 
 
 def test_missing_ip_adapter_names_the_download(tiny_models, empty_hub_cache):
-    e = get_engine_class("sd-ipadapter", "tryon")(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    e = get_engine_class("sd-ipadapter", "tryon").from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
     (r,) = e.edit_batch([tryon("a")])
     assert isinstance(r, ModelNotAvailableError)
     assert "hf download h94/IP-Adapter models/ip-adapter_sd15.safetensors" in str(r)
@@ -232,7 +229,7 @@ def unet_inputs(unet):
 
 def test_concat_stacks_person_and_garment_along_height(concat):
     """CatVTON's layout: [person ; garment] along height; the person half alone is decoded."""
-    from editflow.engines.latent import LatentUNetDenoiser
+    from editflow.diffusion.unets import LatentUNetDenoiser
     from editflow.engines.tryon_sd import garment_window
 
     garment = LatentUNetDenoiser.encode(concat.base, garment_window(GARMENT, 64, 48))
@@ -448,7 +445,7 @@ def test_concat_needs_attention_weights_and_an_inpainting_unet(tiny_models):
     (r,) = e.edit_batch([tryon("a")])
     assert isinstance(r, EngineError) and "params.attention" in str(r)
     with pytest.raises(EngineError, match="9-channel"):
-        get_engine_class("concat", "tryon")(model=str(tiny_models["sd"]), device="cpu")
+        get_engine_class("concat", "tryon").from_pretrained(model=str(tiny_models["sd"]), device="cpu")
 
 
 # -- through `editflow run` ---------------------------------------------------------------------

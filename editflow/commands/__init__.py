@@ -1,0 +1,1 @@
+"""The CLI's commands beside `run`/`edit`/`validate`: `models`, `masks` previews, `manifest tryon`."""
