@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -163,19 +163,23 @@ def _read_jsonl_strings(location: str) -> pa.Table | None:
     return table.cast(pa.schema([pa.field(name, pa.string()) for name in table.column_names]))
 
 
+def jsonl_objects(stream: Any, location: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL byte stream, one per non-blank line; anything else is a ManifestError."""
+    for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"manifest {location} line {number} is not valid JSON: {exc.msg}") from exc
+        if not isinstance(value, dict):
+            raise ManifestError(f"manifest {location} line {number} is not a JSON object")
+        yield value
+
+
 def _read_jsonl_cells(location: str) -> pa.Table:
-    rows: list[dict[str, Any]] = []
-    with storage.open_input(location) as stream, io.TextIOWrapper(stream, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"manifest {location} line {number} is not valid JSON: {exc.msg}") from exc
-            if not isinstance(value, dict):
-                raise ManifestError(f"manifest {location} line {number} is not a JSON object")
-            rows.append(value)
+    with storage.open_input(location) as stream:
+        rows = list(jsonl_objects(stream, location))
     names: dict[str, None] = {}
     for row in rows:
         names.update(dict.fromkeys(row))

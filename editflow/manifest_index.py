@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -22,7 +21,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from editflow import storage
-from editflow.manifest import COLUMNS, ManifestError, _cell_to_str, check_ids, check_required_columns, raw_column
+from editflow.manifest import (
+    COLUMNS, ManifestError, _cell_to_str, check_ids, check_required_columns, jsonl_objects, raw_column,
+)
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".json": "jsonl"}
@@ -107,15 +108,7 @@ def _jsonl_ids(fs: pafs.FileSystem, inner: str) -> tuple[list[str], pa.ChunkedAr
     chunks: list[pa.Array] = []
     ids: list[str | None] = []
     with fs.open_input_stream(inner) as raw:
-        for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"manifest {inner} line {number} is not valid JSON: {exc.msg}") from exc
-            if not isinstance(value, dict):
-                raise ManifestError(f"manifest {inner} line {number} is not a JSON object")
+        for value in jsonl_objects(raw, inner):
             if len(value) != len(names) or not names.keys() >= value.keys():
                 names.update(dict.fromkeys(value))
             ids.append(_cell_to_str(value.get("id")))
