@@ -1,6 +1,6 @@
 """The Python API: `edit`, `Editor`, `make_mask`, `run`, `plan` over the same stages as the CLI and runners.
 
-    import editflow
+In a notebook, after importing the package:
 
     out = editflow.edit("photo.jpg", mask="box:10,10,90,90", task="inpaint", seed=1)
     out.image, out.mask, out.info["nfe"]            # PIL image, PIL mask, the result row's fields

@@ -34,7 +34,7 @@ from editflow import storage
 from editflow.errors import EditflowError
 from editflow.masks.render import overlay
 from editflow.media import MediaError, MediaPolicy, decode_image, encode_image, load_image
-from editflow.report_page import render_page
+from editflow.report_page import Selection, render_page
 from editflow.results import _FILE, _ROW, results_dir, scan_results
 
 PAGE_SIZE = 200  # rows per HTML page: a 100,000-row run is 500 light pages
@@ -56,23 +56,6 @@ class ReportError(EditflowError, ValueError):
 
 
 # ---------------------------------------------------------------- picking rows
-
-
-@dataclass
-class Selection:
-    """Which row of which result file each id ends as, errors first; and the run's counts."""
-
-    files: list[str]
-    errors: dict[int, np.ndarray]  # file index -> sorted row numbers
-    others: dict[int, np.ndarray]
-    status: Counter
-    task: Counter
-    engine: Counter
-    unreadable: list[str]
-
-    @property
-    def rows(self) -> int:
-        return sum(self.status.values())
 
 
 def _by_file(table: pa.Table) -> dict[int, np.ndarray]:

@@ -9,11 +9,11 @@ page and travel to the other pages in the URL's #fragment.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from html import escape
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:  # report.py imports this module
-    from editflow.report import Selection
+import numpy as np
 
 STYLE = """
 body{font:13px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#f6f6f4}
@@ -69,6 +69,23 @@ SCRIPT = """
 NONE = "(none)"  # e.g. the engine of a row that failed before an engine was chosen
 EAGER_ROWS = 12  # thumbnails of the first rows load at once (a screenshot sees them), the rest lazily
 
+
+
+@dataclass
+class Selection:
+    """Which row of which result file each id ends as, errors first; and the run's counts."""
+
+    files: list[str]
+    errors: dict[int, np.ndarray]  # file index -> sorted row numbers
+    others: dict[int, np.ndarray]
+    status: Counter
+    task: Counter
+    engine: Counter
+    unreadable: list[str]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.status.values())
 
 def _attr(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
