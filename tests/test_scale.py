@@ -127,7 +127,7 @@ def test_ray_reads_a_wrongly_typed_cell_as_that_rows_error(tmp_path, photo_dir):
     good = {"task": "inpaint", "engine": "opencv", "image": "a.png", "mask": "box:5,5,30,30"}
     manifest = write_jsonl(photo_dir / "m.jsonl", [
         {"id": 0, **good, "steps": 3}, {"id": "r1", **good, "steps": "x"}, {"id": "r2", **good, "seed": 7.0},
-        {"id": "r3", **good, "params": {"telea": True}}, {"id": "r4", **good, "params": [1]}])
+        {"id": "r3", **good, "params": {"method": "ns"}}, {"id": "r4", **good, "params": [1]}])
     out = tmp_path / "out"
     assert cli.main(["run", str(manifest), "-o", str(out), "--executor", "ray", "--quiet"]) == 2
     by_id = {r["id"]: r for r in all_result_rows(out)}
