@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from editflow.version import __version__
 
 _API = ("edit", "Editor", "EditOutput", "EditFailed", "make_mask", "run", "plan", "Summary")
 

@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from editflow import __version__, storage
+from editflow import storage
+from editflow.version import __version__
 from editflow.config import ENGINE_SWITCHES, OUTPUT_FORMATS
 from editflow.engines import DEFAULT_ENGINE, engine_names
 from editflow.errors import EditflowError

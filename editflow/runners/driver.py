@@ -11,7 +11,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from editflow import __version__, storage
+from editflow import storage
+from editflow.version import __version__
 from editflow.config import RunConfig
 from editflow.errors import EditflowError
 from editflow.lease import LeaseHeld, acquire

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from editflow import __version__, storage
+from editflow import storage
+from editflow.version import __version__
 from editflow.config import RunConfig
 from editflow.engines import EditRequest, Engine, engine_target, get_engine_class
 from editflow.engines.base import NSFWContentError, composite_unmasked, unmasked_max_diff
