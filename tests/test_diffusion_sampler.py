@@ -7,32 +7,21 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, RePaintScheduler
 
-from editflow.diffusion.denoiser import Denoiser
+from editflow.diffusion.denoiser import Denoiser, PixelSpace
 from editflow.diffusion.sampler import SamplerConfig, make_scheduler, masked_sample, plan_transitions
 
 
-class OracleDenoiser:
+class OracleDenoiser(PixelSpace):
     """Pixel-space denoiser that knows the clean answer `target` and records every call.
 
     It predicts the exact epsilon (or sample) that would take x_t to `target`, so a deterministic
     DDIM run lands on `target` in the masked region. Purely elementwise: rows are independent.
     """
 
-    space = "pixel"
-
     def __init__(self, target: torch.Tensor, prediction: str = "epsilon") -> None:
         self.target = target
         self.prediction = prediction
         self.calls: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (t, x_t, alpha_bar)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
-
-    def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        return samples
-
-    def mask_to_space(self, masks: torch.Tensor) -> torch.Tensor:
-        return masks
 
     def predict(self, x_t, t, alpha_bar_t, condition):
         assert t.shape == (x_t.shape[0],) and t.dtype == torch.long
