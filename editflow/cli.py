@@ -287,7 +287,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     from editflow import api
     from editflow.config import format_for_path
-    from editflow.media import atomic_write_bytes, encode_image
+    from editflow.media import encode_image
 
     target = Path(args.out)
     fmt = format_for_path(args.out, args.output_format)  # before any work: a contradiction is an error
@@ -305,7 +305,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             return EXIT_ROW_ERRORS
         output.save(target, output_format=fmt)
         if args.save_mask:
-            atomic_write_bytes(args.save_mask, encode_image(np.asarray(output.mask), "png"))
+            storage.write_bytes(args.save_mask, encode_image(np.asarray(output.mask), "png"))
     row = output.info
     print(json.dumps({k: row.get(k) for k in ("engine", "task", "seed", "steps", "strength", "nfe", "width", "height",
                                              "mask_area", "unmasked_max_diff", "t_edit_s")}, default=str))

@@ -30,7 +30,7 @@ from editflow import storage
 from editflow.errors import EditflowError
 
 __all__ = [
-    "DEFAULT_QUALITY", "DecodedImage", "MediaError", "MediaPolicy", "atomic_write_bytes", "decode_image",
+    "DEFAULT_QUALITY", "DecodedImage", "MediaError", "MediaPolicy", "decode_image",
     "encode_image", "load_image", "load_mask_file", "read_bytes", "resolve_uri",
     "safe_join", "safe_output_name", "sha256_hex",
 ]
@@ -540,11 +540,6 @@ def _exif_user_comment(text: str) -> bytes:
     exif = Image.Exif()
     exif.get_ifd(EXIF_IFD)[USER_COMMENT] = comment
     return exif.tobytes()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (any location: see ``editflow.storage.write_bytes``)."""
-    storage.write_bytes(path, data)
 
 
 def safe_output_name(row_id: str, suffix: str) -> str:

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from editflow import media
+from editflow import media, storage
 from editflow.media import (
     MediaError,
     MediaPolicy,
-    atomic_write_bytes,
     decode_image,
     encode_image,
     load_image,
@@ -455,22 +454,10 @@ def test_encode_rejects_bad_input():
 
 def test_atomic_write(tmp_path):
     dst = tmp_path / "out.png"
-    atomic_write_bytes(dst, b"one")
-    atomic_write_bytes(str(dst), b"two")
+    storage.write_bytes(dst, b"one")
+    storage.write_bytes(str(dst), b"two")
     assert dst.read_bytes() == b"two" and os.listdir(tmp_path) == ["out.png"]
 
-
-def test_atomic_write_failure_leaves_no_temp(tmp_path, monkeypatch):
-    dst = tmp_path / "out.png"
-    dst.write_bytes(b"old")
-
-    def boom(src, dst_):
-        raise OSError("disk on fire")
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk on fire"):
-        atomic_write_bytes(dst, b"new")
-    assert os.listdir(tmp_path) == ["out.png"] and dst.read_bytes() == b"old"
 
 
 IDS = ["../../etc/passwd", "a/b", "a_b", "", ".hidden", "..", "x" * 500, "x" * 501,

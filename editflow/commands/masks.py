@@ -83,9 +83,10 @@ def _rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from editflow import storage
     from editflow.config import RunConfig
     from editflow.manifest import ManifestError
-    from editflow.media import atomic_write_bytes, encode_image, safe_join, safe_output_name
+    from editflow.media import encode_image, safe_join, safe_output_name
     from editflow.runners.stages import MaskStage, PrepareStage, new_row
 
     out = Path(args.out)
@@ -117,15 +118,15 @@ def run(args: argparse.Namespace) -> int:
                 mask, image = row.pop("_mask"), row.pop("_image")
                 mask_name = safe_output_name(row["id"], ".mask.png")
                 overlay_name = safe_output_name(row["id"], ".overlay.png")
-                atomic_write_bytes(safe_join(out, mask_name), encode_image(np.rint(mask * 255).astype(np.uint8), "png"))
-                atomic_write_bytes(safe_join(out, overlay_name), encode_image(overlay(image, mask, args.alpha), "png"))
+                storage.write_bytes(safe_join(out, mask_name), encode_image(np.rint(mask * 255).astype(np.uint8), "png"))
+                storage.write_bytes(safe_join(out, overlay_name), encode_image(overlay(image, mask, args.alpha), "png"))
                 record.update(status="ok", mask_area=round(float(row["mask_area"]), 5), mask=mask_name,
                               overlay=overlay_name, t_mask_s=round(float(row.get("t_mask_s") or 0.0), 4))
                 print(f"ok     {row['id']}: {row['mask_spec']} area {record['mask_area']:.4f} -> {out / overlay_name}")
             for key in ("_reference", "_image", "_mask"):
                 row.pop(key, None)
             lines.append(json.dumps(record, default=str))
-    atomic_write_bytes(out / "masks.jsonl", ("\n".join(lines) + "\n").encode())
+    storage.write_bytes(out / "masks.jsonl", ("\n".join(lines) + "\n").encode())
     print(f"editflow: {len(raws) - failed} masks ok, {failed} failed; previews in {out}")
     return 2 if failed else 0
 
