@@ -62,6 +62,7 @@ class Calls:
     def __init__(self, **modules: torch.nn.Module) -> None:
         self.rows = {name: 0 for name in modules}
         self.calls = {name: 0 for name in modules}
+        self.sizes: dict[str, list[int]] = {name: [] for name in modules}  # rows of each call
         self.dtypes: dict[str, list] = {name: [] for name in modules}
         for name, module in modules.items():
             module.register_forward_pre_hook(self._hook(name), with_kwargs=True)
@@ -71,6 +72,7 @@ class Calls:
             x = args[0] if args else next(iter(kwargs.values()))
             self.rows[name] += int(x.shape[0])
             self.calls[name] += 1
+            self.sizes[name].append(int(x.shape[0]))
             self.dtypes[name].append(x.dtype)
         return hook
 
@@ -364,6 +366,83 @@ def test_pipeline_path_evaluations_per_row(tiny_models):
     assert calls.rows["unet"] == n * 2 * steps  # classifier-free guidance: uncond + cond per step
     assert calls.rows["encoder"] == n and calls.rows["decoder"] == n
     assert calls.rows["text"] == 2 * n
+
+
+def _unbatched(e):
+    """The engine's inpaint pipeline with diffusers' own row-by-row VAE encode back."""
+    vars(e.inpaint_pipe).pop("_encode_vae_image")
+    return e
+
+
+@pytest.mark.parametrize("task", ["sdedit", "inpaint"])
+def test_pipeline_path_encodes_a_micro_batch_in_one_vae_call(tiny_models, task):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu", micro_batch=2)
+    calls = Calls(encoder=e.pipe.vae.encoder, decoder=e.pipe.vae.decoder)
+    rows = [request(task, rid=str(i), seed=i, steps=5) for i in range(3)]
+    got = ok(e.edit_batch(rows))
+    # micro-batches of 2 + 1 rows; sdedit (strength < 1) encodes the init image and the masked
+    # image, inpaint at strength 1 only the masked image: one call each, carrying every row
+    per_batch = 2 if task == "sdedit" else 1
+    assert calls.sizes["encoder"] == [2] * per_batch + [1] * per_batch
+    assert calls.sizes["decoder"] == [2, 1]
+    # each row's latent is still sampled from its own generator, in diffusers' order
+    want = ok(_unbatched(SDEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu",
+                                                  micro_batch=2)).edit_batch(rows))
+    for a, b in zip(got, want):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["sd-inpaint", "sdxl-inpaint"])
+def test_batched_vae_encode_draws_what_diffusers_draws(tmp_path, kind):
+    from editflow.diffusion.generators import row_generators
+    from editflow.engines.sd import SDEngine
+
+    # SDXL in fp16 with a force_upcast VAE: its encode upcasts to fp32 and returns fp16 latents
+    dtype = torch.float16 if kind == "sdxl-inpaint" else torch.float32
+    e = SDEngine(tiny_pipe(kind, tmp_path, force_upcast=True), device="cpu", dtype="fp16" if dtype == torch.float16 else None)
+    pipe = e.inpaint_pipe
+    pipe.vae.to(dtype=dtype)  # as during a pipeline call (editflow.diffusion.device.pipeline_vae)
+    image = (torch.rand(3, 3, 64, 64) * 2 - 1).to(dtype)
+    gens_a, gens_b = row_generators([5, 6, 7]), row_generators([5, 6, 7])
+    with torch.inference_mode():
+        batched = pipe._encode_vae_image(image, generator=gens_a)
+        assert pipe.vae.dtype == dtype and batched.dtype == dtype
+        per_row = type(pipe)._encode_vae_image(pipe, image, generator=gens_b)
+        alone = type(pipe)._encode_vae_image(pipe, image[1:2], generator=row_generators([6]))
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert torch.allclose(batched, per_row, atol=tol) and torch.allclose(batched[1:2], alone, atol=tol)
+    assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(gens_a, gens_b))
+
+
+def test_pipeline_path_bytes_unchanged_on_cpu(tiny_models):
+    from editflow.engines.sd import SDEngine
+
+    rows = [request("sdedit", rid=str(i), seed=i, steps=4) for i in range(2)]
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    got = ok(e.edit_batch(rows))
+    want = ok(_unbatched(SDEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")).edit_batch(rows))
+    (alone,) = ok(e.edit_batch(rows[1:]))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(got, want))
+    assert np.array_equal(alone.image, got[1].image)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+def test_sdxl_pipeline_encodes_a_micro_batch_in_one_call(tmp_path, dtype):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine(tiny_pipe("sdxl-inpaint", tmp_path, force_upcast=True), device="cpu", dtype=dtype, micro_batch=2)
+    calls = Calls(encoder=e.pipe.vae.encoder)
+    rows = [request("sdedit", rid=str(i), seed=i, steps=4) for i in range(2)]
+    got = ok(e.edit_batch(rows))
+    assert calls.sizes["encoder"] == [2, 2] and set(calls.dtypes["encoder"]) == {torch.float32}  # upcast kept
+    assert e.pipe.vae.dtype == torch.float32
+    if dtype == "fp32":  # (fp16 rows differ from diffusers' loop by fp16 rounding of the latents only)
+        want = ok(_unbatched(SDEngine(tiny_pipe("sdxl-inpaint", tmp_path, force_upcast=True), device="cpu",
+                                      dtype=dtype, micro_batch=2)).edit_batch(rows))
+        for a, b in zip(got, want):
+            assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
 
 
 def test_sampler_path_evaluations_per_row(tiny_models):

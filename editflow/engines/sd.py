@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from editflow.diffusion.pipeline_encode import batch_vae_encode
 from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.diffusion.unets import LatentCondition, LatentUNetDenoiser, chunks
 from editflow.engines.base import EditRequest, EditResult, EngineError, JobEngine
@@ -225,6 +226,9 @@ class SDEngine(JobEngine):
             if "Inpaint" not in type(pipe).__name__:
                 pipe = AutoPipelineForInpainting.from_pipe(pipe)
                 pipe.set_progress_bar_config(disable=True)
+            # diffusers encodes the init and masked images row by row when given a generator per
+            # row; one VAE call per micro-batch, each row's latent still drawn from its generator
+            batch_vae_encode(pipe)
             self._inpaint_pipe = pipe
         return self._inpaint_pipe
 
