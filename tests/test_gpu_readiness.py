@@ -328,6 +328,72 @@ def test_oom_splits_the_group_and_retries(tiny_models):
         assert np.array_equal(result.image, want.image)
 
 
+def test_oom_split_size_is_remembered_for_the_next_batches(tiny_models, caplog):
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd"]), device="cpu", micro_batch=4)
+    seen = []
+
+    def hook(module, args, kwargs):
+        seen.append(int(args[0].shape[0]))
+        if args[0].shape[0] > 2:  # room for one row with CFG
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    e.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    with caplog.at_level("WARNING", logger="editflow.engines.base"):
+        ok(e.edit_batch([request("repaint", seed=i, rid=str(i), steps=2) for i in range(3)]))
+        assert max(seen) == 6
+        seen.clear()
+        # the next batches (other steps and seeds, same size) start at the size that fitted
+        rows = [request("repaint", seed=10 + i, rid=str(i), steps=3) for i in range(4)]
+        results = ok(e.edit_batch(rows))
+        ok(e.edit_batch(rows[:2]))
+    assert seen and max(seen) == 2
+    assert len([r for r in caplog.records if "out of memory" in r.getMessage()]) == 1  # logged once
+    alone = SDEngine.from_pretrained(model=str(tiny_models["sd"]), device="cpu")
+    for row, result in zip(rows, results):
+        (want,) = ok(alone.edit_batch([row]))
+        assert np.array_equal(result.image, want.image)
+    # another processing size has its own limit (none learnt yet: the whole group in one call)
+    seen.clear()
+    big = textured_image(80, 72, seed=3)
+    mask = np.zeros((72, 80), np.float32)
+    mask[10:60, 10:70] = 1
+    e.edit_batch([request("repaint", seed=i, rid=str(i), steps=2, image=big, mask=mask) for i in range(2)])
+    assert seen[0] == 4
+
+
+def test_oom_limit_is_the_largest_size_that_ran():
+    from editflow.engines.base import RowLimits, run_grouped
+
+    class J:
+        def __init__(self, i):
+            self.index = i
+
+        def key(self):
+            return "same"
+
+    calls = []
+
+    def run(group):
+        calls.append(len(group))
+        if len(group) > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return [f"ok{j.index}" for j in group]
+
+    limits = RowLimits()
+    results = [None] * 8
+    run_grouped([J(i) for i in range(8)], run, results, limits)
+    assert calls == [8, 4, 4] and limits.rows("same") == 4
+    calls.clear()
+    results = [None] * 10
+    run_grouped([J(i) for i in range(10)], run, results, limits)
+    assert calls == [4, 4, 2] and results == [f"ok{i}" for i in range(10)]
+    calls.clear()
+    run_grouped([J(i) for i in range(8)], run, [None] * 8)  # without limits: as before
+    assert calls == [8, 4, 4]
+
+
 def test_oom_fails_only_the_rows_that_still_do_not_fit():
     from editflow.engines.base import run_grouped
 

@@ -16,8 +16,9 @@
   rebuilds attention processors with ``processor.__class__()`` when it loads or unloads an
   IP-Adapter, which `SlicedAttnProcessor` (it needs ``slice_size``) cannot survive; the engine
   puts plain processors back before, and slices every non-adapter layer again after.
-* **Out of memory**: a group that does not fit is split and retried
-  (editflow.engines.base.run_grouped).
+* **Out of memory**: a group that does not fit is split and retried, and the engine remembers
+  the row count that fitted for later groups of that size (editflow.engines.base.run_grouped,
+  RowLimits).
 """
 
 from __future__ import annotations

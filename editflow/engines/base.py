@@ -7,6 +7,7 @@ the original so that unmasked pixels stay exact for every engine (`composite_unm
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import numpy as np
 from editflow.engines.params import EngineParams
 from editflow.errors import EditflowError
 from editflow.models import ModelInfo
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,21 +135,65 @@ class NSFWContentError(EditflowError):
     """The (opt-in) safety checker flagged the row's output: nothing is written for it."""
 
 
-def run_grouped(jobs: list[Any], run: Any, results: list) -> None:
+class RowLimits:
+    """How many rows of a kind of call fit in accelerator memory, learnt from out-of-memory splits.
+
+    Per engine instance and per memory key (a job's `memory_key()`: what the memory of a call
+    depends on, e.g. the path and processing size; else its `key()`). Once a call of n rows ran
+    out of memory, later groups of that key start at the largest size that has run without it
+    (and is below n), instead of running out of memory again on every batch."""
+
+    def __init__(self, owner: str = "") -> None:
+        self.owner = owner
+        self._failed: dict[Any, int] = {}  # smallest row count that ran out of memory
+        self._ran: dict[Any, set[int]] = {}  # row counts that ran
+
+    def rows(self, key: Any) -> int | None:
+        """The most rows per call for `key` (None: no limit learnt)."""
+        failed = self._failed.get(key)
+        if failed is None:
+            return None
+        fits = [n for n in self._ran.get(key, ()) if n < failed]
+        return max(fits) if fits else None
+
+    def out_of_memory(self, key: Any, rows: int) -> None:
+        self._failed[key] = min(rows, self._failed.get(key, rows))
+
+    def ran(self, key: Any, rows: int) -> None:
+        before = self.rows(key)
+        self._ran.setdefault(key, set()).add(rows)
+        after = self.rows(key)
+        if after is not None and after != before:
+            log.warning("%s ran out of memory at %d rows per call (%r); from now on calls take at most %d rows",
+                        self.owner or "engine", self._failed[key], key, after)
+
+
+def memory_key(job: Any) -> Any:
+    """What the memory of a call of `job`'s group depends on (`RowLimits`)."""
+    key = getattr(job, "memory_key", None)
+    return key() if key is not None else job.key()
+
+
+def run_grouped(jobs: list[Any], run: Any, results: list, limits: RowLimits | None = None) -> None:
     """Group jobs by `job.key()`, call `run(group) -> list[EditResult]`, scatter into `results[job.index]`.
 
     A failure inside one group's call becomes every row of that group's error, not the batch's;
     a group that runs out of accelerator memory is split in halves and retried, so only rows that
-    do not fit even alone fail.
+    do not fit even alone fail. With `limits`, the size that fitted is remembered and later groups
+    are cut to it before they run.
     """
     groups: dict[tuple, list[Any]] = {}
     for job in jobs:
         groups.setdefault(job.key(), []).append(job)
     for group in groups.values():
-        _run_group(group, run, results)
+        key = memory_key(group[0])
+        size = limits.rows(key) if limits is not None else None
+        step = size or len(group)
+        for start in range(0, len(group), step):
+            _run_group(group[start:start + step], run, results, limits, key)
 
 
-def _run_group(group: list[Any], run: Any, results: list) -> None:
+def _run_group(group: list[Any], run: Any, results: list, limits: RowLimits | None, key: Any) -> None:
     try:
         for job, result in zip(group, run(group), strict=True):
             results[job.index] = result
@@ -154,12 +201,17 @@ def _run_group(group: list[Any], run: Any, results: list) -> None:
         if len(group) > 1 and is_out_of_memory(exc):
             del exc  # drop the traceback's frames (and the tensors they hold) before retrying
             _release_memory()
+            if limits is not None:
+                limits.out_of_memory(key, len(group))
             half = len(group) // 2
-            _run_group(group[:half], run, results)
-            _run_group(group[half:], run, results)
+            _run_group(group[:half], run, results, limits, key)
+            _run_group(group[half:], run, results, limits, key)
             return
         for job in group:
             results[job.index] = exc
+        return
+    if limits is not None:
+        limits.ran(key, len(group))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -221,8 +273,16 @@ class JobEngine(Engine):
                 jobs.append(self._prepare(i, request))
             except Exception as exc:
                 results[i] = exc
-        run_grouped(jobs, self._run, results)
+        run_grouped(jobs, self._run, results, self.row_limits)
         return [r if r is not None else EngineError("no result") for r in results]
+
+    @property
+    def row_limits(self) -> RowLimits:
+        """The rows per call this engine learnt fit in memory (kept for the engine's life)."""
+        limits = self.__dict__.get("_row_limits")
+        if limits is None:
+            limits = self.__dict__["_row_limits"] = RowLimits(f"engine {self.name} ({self.model})")
+        return limits
 
     def before(self, request: EditRequest) -> tuple[EditRequest, Any]:
         """A row's own first step: the request the sampler sees and a state for `after`."""

@@ -88,6 +88,9 @@ class MakeupJob(RefJob):
     def key(self) -> tuple:
         return (*super().key(), self.controlnet, self.control_scale)
 
+    def memory_key(self) -> tuple:
+        return (*super().memory_key(), self.controlnet is not None)  # the ControlNet's activations
+
 
 @dataclass(frozen=True)
 class SDMakeupParams(IPAdapterParams, MakeupFaceParams):

@@ -58,6 +58,11 @@ class Job:
                 self.scheduler, self.eta, r.negative_prompt is None,
                 tuple(sorted((k, repr(v)) for k, v in self.extra.items())))
 
+    def memory_key(self) -> tuple:
+        """What a call's memory depends on: the path, the processing size and classifier-free
+        guidance (a second UNet row per row); not steps, strength or the scheduler."""
+        return (self.path, self.plan.proc_size, self.guidance > 1.0)
+
 
 def check_request(request: EditRequest, tasks: frozenset[str], engine: str) -> None:
     if request.task not in tasks:
