@@ -64,7 +64,11 @@ def _add_switches(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vae-tiling", action="store_true", default=None, help="tiled VAE (large images)")
     g.add_argument("--micro-batch", type=int, default=None,
                    help="rows per network call (default: 1 on CPU, the whole group on GPU, halved on out-of-memory)")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (CUDA)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the UNet (CUDA; inductor, max-autotune-no-cudagraphs: minutes of warm-up)")
+    g.add_argument("--compile-mode", dest="compile", default=None, metavar="NAME",
+                   help="torch.compile the UNet with this mode (default, reduce-overhead, max-autotune, "
+                        "max-autotune-no-cudagraphs) or backend (e.g. aot_eager: no code generation)")
     g.add_argument("--safety-checker", action="store_true", default=None,
                    help="run the model's safety checker on outputs; flagged rows become NSFWContentError rows")
 
@@ -207,10 +211,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _switches(args: argparse.Namespace) -> dict:
     """Engine switches: the flags, else the driver's EDITFLOW_* variables (carried to every worker)."""
-    from editflow.models import RuntimeOptions
+    from editflow.models import RuntimeOptions, compile_kwargs, compile_setting
 
     env = RuntimeOptions.from_env()
-    return {name: getattr(args, name) if getattr(args, name) is not None else env.get(name) for name in ENGINE_SWITCHES}
+    switches = {name: getattr(args, name) if getattr(args, name) is not None else env.get(name)
+                for name in ENGINE_SWITCHES}
+    if switches["compile"] is not None:
+        switches["compile"] = compile_setting(switches["compile"])
+        if switches["compile"]:
+            compile_kwargs(switches["compile"])  # a mode or backend torch does not know stops here, not on every worker
+    return switches
 
 
 

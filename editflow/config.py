@@ -76,7 +76,7 @@ class RunConfig:
     sdpa: bool | None = None
     vae_tiling: bool | None = None
     micro_batch: int | None = None
-    compile: bool | None = None
+    compile: bool | str | None = None  # on, or a torch.compile mode / backend name
     safety_checker: bool | None = None
     run_id: str = field(default_factory=new_run_id)
 

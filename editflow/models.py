@@ -22,8 +22,9 @@ cpu -> fp32. Override with the engine option / ``EDITFLOW_DTYPE`` (fp32, fp16, b
 
 Memory and speed switches (`RuntimeOptions`, engine options or environment variables, all off on
 CPU by default): attention slicing, VAE tiling, model CPU offload (CUDA only), SDPA attention
-(diffusers' default processor; ``sdpa=False`` forces the classic one), and `micro_batch` (rows per
-network call: 1 on CPU so a row's bytes never depend on its batch mates; the whole batch on GPU).
+(diffusers' default processor; ``sdpa=False`` forces the classic one), `micro_batch` (rows per
+network call: 1 on CPU so a row's bytes never depend on its batch mates; the whole batch on GPU) and
+`compile` (torch.compile of the UNet: on, or a mode or backend name; `compile_kwargs`).
 """
 
 from __future__ import annotations
@@ -282,6 +283,44 @@ SWITCH_ENV = {
 }
 
 
+#: what the `compile` switch means when it is just on: inductor, tuned for a long steady state (CUDA)
+DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
+#: torch.compile's modes (inductor); any other name given to `compile` is a torch.compile backend
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class SwitchError(EditflowError, ValueError):
+    """An engine switch with a value it cannot take."""
+
+
+def compile_setting(value: Any) -> bool | str:
+    """The `compile` switch's value: off (False), on (True: `DEFAULT_COMPILE_MODE`), or the name of
+    a torch.compile mode (`COMPILE_MODES`) or backend (e.g. ``aot_eager``: no code generation)."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip()
+    if text.lower() in ("", "0", "false", "no", "off"):
+        return False
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    return text
+
+
+def compile_kwargs(value: bool | str) -> dict[str, Any]:
+    """torch.compile's keyword arguments for a `compile` switch that is on."""
+    if value is True:
+        return {"mode": DEFAULT_COMPILE_MODE}
+    if value in COMPILE_MODES:
+        return {"mode": value}
+    import torch._dynamo
+
+    backends = [b for b in torch._dynamo.list_backends(exclude_tags=()) if "TESTING" not in b]
+    if value not in backends:
+        raise SwitchError(f"compile={value!r} is neither a torch.compile mode ({', '.join(COMPILE_MODES)}) "
+                          f"nor a backend ({', '.join(backends)})")
+    return {"backend": value}
+
+
 @dataclass
 class RuntimeOptions:
     """Memory and speed switches. None = the default for the device (all off on CPU)."""
@@ -293,7 +332,9 @@ class RuntimeOptions:
     sdpa: bool = True  # torch scaled_dot_product_attention (diffusers' default processor)
     micro_batch: int | None = None  # rows per network call; None = 1 on CPU, whole batch on GPU
     safety_checker: bool = False  # run the model's safety checker on outputs, flag rows (nsfw)
-    compile: bool = False  # torch.compile the UNet (CUDA: faster steady state, minutes of warm-up)
+    #: torch.compile the UNet (CUDA: faster steady state, minutes of warm-up): True, or a mode or
+    #: backend name (`compile_setting`)
+    compile: bool | str = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -328,7 +369,7 @@ class RuntimeOptions:
             sdpa=pick("sdpa", SWITCH_ENV["sdpa"], as_bool, True),
             micro_batch=pick("micro_batch", SWITCH_ENV["micro_batch"], int, None),
             safety_checker=pick("safety_checker", SWITCH_ENV["safety_checker"], as_bool, False),
-            compile=pick("compile", SWITCH_ENV["compile"], as_bool, False),
+            compile=pick("compile", SWITCH_ENV["compile"], compile_setting, False),
             extra={k: v for k, v in options.items() if k not in known},
         )
 
@@ -369,7 +410,9 @@ def apply_switches(pipe: Any, options: RuntimeOptions, device: str) -> list[str]
     if options.compile and getattr(pipe, "unet", None) is not None:
         import torch
 
-        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", dynamic=False)
+        # the wrapper (OptimizedModule) forwards attributes, hooks and set_attn_processor to the
+        # UNet; a processor swap (IP-Adapter load/unload) fails dynamo's guards and recompiles
+        pipe.unet = torch.compile(pipe.unet, dynamic=False, **compile_kwargs(options.compile))
         applied.append("compile")
     return applied
 

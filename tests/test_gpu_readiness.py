@@ -584,3 +584,140 @@ def test_run_config_switches_reach_the_engine(tmp_path, tiny_models, monkeypatch
     e = EditStage(config).engine("sd", "repaint", str(tiny_models["sd"]))
     assert e.dtype == torch.bfloat16 and e.rows_per_call == 3 and "vae_tiling" in e.switches
     assert RunConfig(out_dir="x").engine_options() == {}
+
+
+# -- 10: the compile switch, exercised: torch.compile's real tracing (dynamo + AOTAutograd) --------
+
+def _dynamo_frames() -> int:
+    from torch._dynamo.utils import counters
+
+    return sum(counters["frames"].values())
+
+
+def test_compile_switch_takes_a_mode_or_backend(tmp_path, monkeypatch, capsys):
+    from editflow import cli
+    from editflow.config import RunConfig
+    from editflow.models import RuntimeOptions, SwitchError, compile_kwargs
+
+    def config(*flags):
+        args = cli.build_parser().parse_args(["run", "m.jsonl", "-o", str(tmp_path), *flags])
+        return RunConfig(out_dir=str(tmp_path), **cli._settings(args)).engine_options().get("compile")
+
+    assert config("--compile") is True and config("--compile-mode", "aot_eager") == "aot_eager"
+    assert config("--compile-mode", "off") is False and config() is None
+    assert compile_kwargs(True) == {"mode": "max-autotune-no-cudagraphs"}
+    assert compile_kwargs("reduce-overhead") == {"mode": "reduce-overhead"}
+    assert compile_kwargs("aot_eager") == {"backend": "aot_eager"}
+    monkeypatch.setenv("EDITFLOW_COMPILE", "aot_eager")
+    assert RuntimeOptions.from_options({}).compile == "aot_eager" and config() == "aot_eager"
+    monkeypatch.setenv("EDITFLOW_COMPILE", "1")
+    assert RuntimeOptions.from_options({}).compile is True
+    with pytest.raises(SwitchError, match="aot_eager"):
+        compile_kwargs("nope")
+    assert cli.main(["run", "m.jsonl", "-o", str(tmp_path / "o"), "--compile-mode", "nope"]) == cli.EXIT_FATAL
+    assert "compile='nope' is neither a torch.compile mode" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,task", [("sd", "repaint"), ("sd-inpaint", "repaint"), ("sd-inpaint", "inpaint")])
+def test_compiled_unet_gives_the_uncompiled_bytes(tiny_models, name, task):
+    """compile=aot_eager: dynamo captures the UNet's graph and AOTAutograd traces it (the steps a
+    GPU compile takes before inductor's code generation), on the sampler and pipeline paths."""
+    import torch._dynamo
+
+    from editflow.engines.sd import SDEngine
+
+    row = request(task, jump_length=2, jump_n_sample=2)
+    (want,) = ok(SDEngine.from_pretrained(model=str(tiny_models[name]), device="cpu").edit_batch([row]))
+    torch._dynamo.reset()
+    e = SDEngine.from_pretrained(model=str(tiny_models[name]), device="cpu", compile="aot_eager")
+    assert isinstance(e.pipe.unet, torch._dynamo.eval_frame.OptimizedModule) and "compile" in e.switches
+    before = _dynamo_frames()
+    (got,) = ok(e.edit_batch([row]))
+    assert _dynamo_frames() > before  # the UNet ran through dynamo, not eagerly
+    assert np.array_equal(got.image, want.image)
+
+
+def test_ip_adapter_loads_into_a_compiled_unet_swaps_and_unloads(tiny_models, tiny_ip_adapter, tmp_path):
+    """sd-ipadapter loads its adapter into the UNet of the pipeline it shares with `sd`: on a
+    compiled UNet the adapter's processors and weights must reach the compiled graph (dynamo
+    recompiles on the processor swap; a second adapter's weights are graph inputs, not constants
+    baked in), and the plain rows after it must be the plain UNet's again."""
+    import shutil
+
+    import torch._dynamo
+    from safetensors.torch import load_file, save_file
+
+    from editflow.config import RunConfig
+    from editflow.runners.stages import EditStage
+
+    other = tmp_path / "ip2"
+    shutil.copytree(tiny_ip_adapter, other)
+    weights = other / "models" / "ip-adapter_sd15.safetensors"
+    g = torch.Generator().manual_seed(3)
+    save_file({k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in load_file(str(weights)).items()}, str(weights))
+    model = str(tiny_models["sd-inpaint"])
+    plain_row = request("repaint", jump_length=2, jump_n_sample=2)
+
+    def tryon(adapter, garments=(GARMENT, GARMENT_2)):
+        return [request("tryon", reference=g, category="upper", rid=str(i), params={"ip_adapter": str(adapter)})
+                for i, g in enumerate(garments)]
+
+    def run(compile_):
+        stage = EditStage(RunConfig(out_dir=str(tmp_path), device="cpu", model=model, compile=compile_))
+        sd, ipa = stage.engine("sd", "repaint", model), stage.engine("sd-ipadapter", "tryon", model)
+        assert ipa.pipe.unet is sd.pipe.unet
+        out = ok(sd.edit_batch([plain_row])) + ok(ipa.edit_batch(tryon(tiny_ip_adapter)))
+        out += ok(ipa.edit_batch(tryon(other, (GARMENT,)))) + ok(sd.edit_batch([plain_row]))
+        return sd, [r.image for r in out]
+
+    _, want = run(None)
+    torch._dynamo.reset()
+    sd, got = run("aot_eager")
+    assert isinstance(sd.pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert not np.array_equal(got[1], got[2])  # the image prompt reaches the compiled UNet
+    assert not np.array_equal(got[1], got[3])  # so does the second adapter's weights
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+
+
+def test_concat_attention_weights_load_into_a_compiled_unet(tiny_models, attention_ckpt):
+    """concat finds the UNet's self-attention parameters by their diffusers names, which the
+    compiled wrapper prefixes with ``_orig_mod.``: the weights must still load and reach the graph."""
+    import torch._dynamo
+
+    from editflow.engines.tryon_sd import ConcatTryOnEngine
+
+    rows = [request("tryon", reference=GARMENT, category="upper"),
+            request("tryon", reference=GARMENT, category="upper", params={"attention": "none"})]
+
+    def run(compile_):
+        e = ConcatTryOnEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu",
+                                              attention=str(attention_ckpt), compile=compile_)
+        return e, [ok(e.edit_batch([row]))[0].image for row in rows]
+
+    _, want = run(None)
+    torch._dynamo.reset()
+    e, got = run("aot_eager")
+    assert isinstance(e.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert not np.array_equal(got[0], got[1])  # the checkpoint changed the compiled UNet's output
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.slow
+def test_compile_switch_runs_inductor_on_both_paths(tiny_models):
+    """The switch as a GPU user turns it on (`--compile`: inductor, max-autotune-no-cudagraphs),
+    compiled for real by inductor's C++ backend: a minute or more on a small CPU."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from editflow.engines.sd import SDEngine
+
+    rows = [request("repaint", jump_length=2, jump_n_sample=2), request("inpaint")]  # sampler, pipeline
+    plain = SDEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu")
+    want = [ok(plain.edit_batch([row]))[0].image for row in rows]
+    torch._dynamo.reset()
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu", compile=True)
+    got = [ok(e.edit_batch([row]))[0].image for row in rows]
+    assert sum(counters["inductor"].values()) > 0  # inductor generated the UNet's code
+    for a, b in zip(got, want):  # fused kernels round differently: equal up to a grey level
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2

@@ -31,7 +31,7 @@ import torch
 
 __all__ = [
     "execution_device", "freeze", "freeze_pipeline", "has_offload_hooks", "vae_dtype", "vae_in",
-    "pipeline_vae", "slice_attention", "plain_attention",
+    "pipeline_vae", "slice_attention", "plain_attention", "uncompiled",
 ]
 
 PIPELINE_MODULES = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder", "safety_checker")
@@ -50,6 +50,14 @@ def execution_device(module: Any, default: torch.device | str | None = None) -> 
         return torch.device(default)
     weight = next(iter(module.parameters()), None)
     return weight.device if weight is not None else torch.device(getattr(module, "device", "cpu"))
+
+
+def uncompiled(module: Any) -> Any:
+    """The module under torch.compile's wrapper (the `compile` switch), else `module`: its parameter
+    and module names then read as diffusers writes them, without the wrapper's ``_orig_mod.``."""
+    from diffusers.utils.torch_utils import unwrap_module
+
+    return unwrap_module(module)
 
 
 def has_offload_hooks(module: Any) -> bool:

@@ -73,7 +73,7 @@ from editflow.diffusion.sampler import SamplerConfig, masked_sample
 from editflow.diffusion.unets import LatentUNetDenoiser, chunks, guided_epsilon
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.crop import CropPlan
-from editflow.diffusion.device import execution_device
+from editflow.diffusion.device import execution_device, uncompiled
 from editflow.engines.frame import FramePlan, parse_resolution, plan_frame
 from editflow.engines.ipadapter import (
     DEFAULT_IP_ADAPTER_WEIGHT, PLUS_IP_ADAPTER_WEIGHT, IPAdapterSDEngine, IPAdapterSpec, RefJob, array_key,
@@ -182,15 +182,16 @@ class SDIPAdapterTryOnEngine(IPAdapterSDEngine):
 
 
 def attention_parameters(unet: Any) -> dict[str, torch.nn.Parameter]:
-    """Every self-attention (attn1) parameter of the UNet by its diffusers name."""
-    return {name: p for name, p in unet.named_parameters() if ".attn1." in name}
+    """Every self-attention (attn1) parameter of the UNet by its diffusers name, also when the
+    `compile` switch wrapped it (the wrapper's own names carry an ``_orig_mod.`` prefix)."""
+    return {name: p for name, p in uncompiled(unet).named_parameters() if ".attn1." in name}
 
 
 def attention_layers(unet: Any) -> list[tuple[str, list[tuple[str, torch.nn.Module]]]]:
     """Each self-attention layer (module named ``...attn1``) in ``named_modules`` order, with its own
     submodules in that order (offset 0 is the layer itself)."""
     layers: list[tuple[str, list[tuple[str, torch.nn.Module]]]] = []
-    for name, module in unet.named_modules():
+    for name, module in uncompiled(unet).named_modules():
         if name.split(".")[-1] == "attn1":
             layers.append((name, [(f"{name}.{sub}" if sub else name, m) for sub, m in module.named_modules()]))
     return layers
