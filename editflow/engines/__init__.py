@@ -39,6 +39,13 @@ ENGINES: dict[tuple[str, str], str | type[Engine]] = {
     ("concat", "tryon"): "editflow.engines.tryon_sd:ConcatTryOnEngine",
 }
 
+#: (engine name, task) -> its host step (engines/host.py): CPU work before the accelerator's that
+#: the mask stage runs and the row carries to the engine ("module:Class", imported on first use;
+#: the modules import no torch, so CPU mask actors never load the network stack).
+HOST_STEPS: dict[tuple[str, str], str] = {
+    ("sd", "makeup"): "editflow.engines.makeup_sd_start:SDMakeupStart",
+}
+
 DEFAULT_ENGINE = "builtin"
 
 
@@ -72,6 +79,15 @@ def load_class(target: str | type[Engine]) -> type[Engine]:
     return target
 
 
+def host_step_class(name: str, task: str) -> type | None:
+    """The host step class of engine `name` on `task` (engines/host.py), or None when it has none."""
+    target = HOST_STEPS.get((name, task))
+    if target is None:
+        return None
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def get_engine_class(name: str, task: str | None = None) -> type[Engine]:
     """Return the engine class that runs `task` for engine `name`."""
     return load_class(engine_target(name, task))
@@ -86,6 +102,7 @@ def engine_classes() -> list[tuple[str, list[str], type[Engine]]]:
 
 
 __all__ = [
-    "DEFAULT_ENGINE", "ENGINES", "TASKS", "EditRequest", "EditResult", "Engine", "EngineError",
-    "engine_classes", "engine_names", "engine_tasks", "engine_target", "get_engine_class", "load_class",
+    "DEFAULT_ENGINE", "ENGINES", "HOST_STEPS", "TASKS", "EditRequest", "EditResult", "Engine", "EngineError",
+    "engine_classes", "engine_names", "engine_tasks", "engine_target", "get_engine_class", "host_step_class",
+    "load_class",
 ]
