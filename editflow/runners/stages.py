@@ -1,7 +1,8 @@
 """The four stages of an edit: prepare -> mask -> edit -> write, over batches of rows.
 
 A row is a dict: the raw manifest cells under "manifest", the result columns at the top level,
-and in-flight arrays under "_image", "_mask", "_reference", "_output". Every stage catches errors
+and in-flight arrays under "_image", "_mask", "_reference", "_output" (and what the mask stage
+found or made for the engine: "_faces", "_host"; see PAYLOAD_KEYS). Every stage catches errors
 per row, marks that row (status "error", the stage, the exception type and a readable message)
 and passes rows that already failed through untouched. Stages are plain Python: the local runner
 calls them directly and the Ray runner wraps them in `map_batches`.
