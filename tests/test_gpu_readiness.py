@@ -192,7 +192,7 @@ def test_sliced_attention_with_ip_adapter_load_and_swap(tiny_models, tiny_ip_ada
     other = tmp_path / "ip2"
     shutil.copytree(tiny_ip_adapter, other)
     e = SDIPAdapterTryOnEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu", ip_adapter=str(tiny_ip_adapter),
-                               attention_slicing=True)
+                               attention_slicing=True, sdpa=False)
     rows = [request("tryon", reference=g, category="upper", rid=str(i)) for i, g in enumerate((GARMENT, GARMENT_2))]
     a, b = ok(e.edit_batch(rows))
     assert not np.array_equal(a.image, b.image)  # the image prompt still reaches the UNet
@@ -439,3 +439,40 @@ def test_run_config_switches_reach_the_engine(tmp_path, tiny_models, monkeypatch
     e = EditStage(config).engine("sd", "repaint", str(tiny_models["sd"]))
     assert e.dtype == torch.bfloat16 and e.rows_per_call == 3 and "vae_tiling" in e.switches
     assert RunConfig(out_dir="x").engine_options() == {}
+
+
+# -- 10: attention slicing never silently replaces SDPA ----------------------------------------
+
+def test_attention_slicing_keeps_sdpa_and_says_so(tmp_path, caplog):
+    """SDPA already computes attention without the full matrix; slicing would swap it for slower
+    classic attention. Asked for with SDPA on, slicing is not applied and the run is told why;
+    with SDPA off (`--no-sdpa`) every layer is sliced and stays sliced."""
+    from diffusers.models.attention_processor import AttnProcessor2_0, SlicedAttnProcessor
+
+    from editflow.engines.sd import SDEngine
+    from editflow.models import SLICING_NOT_NEEDED
+
+    with caplog.at_level("WARNING", logger="editflow.models"):
+        e = SDEngine(tiny_pipe("sd-inpaint", tmp_path), device="cpu", attention_slicing=True)
+    procs = e.pipe.unet.attn_processors.values()
+    assert procs and all(isinstance(p, AttnProcessor2_0) for p in procs)
+    assert "attention_slicing" not in e.switches and SLICING_NOT_NEEDED in caplog.text
+    ok(e.edit_batch([request("repaint", jump_length=2, jump_n_sample=2)]))
+
+    sliced = SDEngine(tiny_pipe("sd-inpaint", tmp_path / "b"), device="cpu", attention_slicing=True, sdpa=False)
+    procs = sliced.pipe.unet.attn_processors.values()
+    assert all(isinstance(p, SlicedAttnProcessor) for p in procs)  # --no-sdpa's classic processors don't undo it
+    assert sliced.switches == ["classic_attention", "attention_slicing"]
+
+
+def test_cli_tells_a_slicing_request_under_sdpa(capsys, monkeypatch):
+    from editflow.cli import build_parser, _switches
+    from editflow.models import SLICING_NOT_NEEDED
+
+    monkeypatch.delenv("EDITFLOW_SDPA", raising=False)
+    monkeypatch.delenv("EDITFLOW_ATTENTION_SLICING", raising=False)
+    args = build_parser().parse_args(["run", "m.jsonl", "-o", "out", "--attention-slicing"])
+    assert _switches(args)["attention_slicing"] is True
+    assert SLICING_NOT_NEEDED in capsys.readouterr().err
+    _switches(build_parser().parse_args(["run", "m.jsonl", "-o", "out", "--attention-slicing", "--no-sdpa"]))
+    assert SLICING_NOT_NEEDED not in capsys.readouterr().err
