@@ -214,24 +214,30 @@ def test_sliced_attention_with_ip_adapter_load_and_swap(tiny_models, tiny_ip_ada
 
 # -- 5: the safety checker never blackens a row silently ---------------------------------------
 
-class FlagEverything(torch.nn.Module):
-    """A safety checker with diffusers' call signature that flags every image (and blackens it)."""
+def flag_everything_checker():
+    """diffusers' own `StableDiffusionSafetyChecker` on a tiny CLIP, its concept thresholds set
+    below any cosine score: it flags (and blackens, as the hub checker does) every image."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self.calls = 0
-
-    def forward(self, images, clip_input):
-        self.calls += 1
-        return np.zeros_like(images), [True] * len(images)
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    checker.concept_embeds_weights.data.fill_(-2.0)  # cosine - threshold > 0 for every concept
+    return checker
 
 
 def _flagging_pipe(tmp_path):
     from transformers import CLIPImageProcessor
 
     pipe = tiny_pipe("sd-inpaint", tmp_path)
-    pipe.register_modules(safety_checker=FlagEverything(), feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
+    pipe.register_modules(safety_checker=flag_everything_checker(),
+                          feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
     return pipe
 
 
