@@ -55,8 +55,7 @@ import numpy as np
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.builtin import BuiltinEngine, BuiltinParams
 from editflow.engines.makeup_start import (  # noqa: F401  (the start's names stay importable from here)
-    MAKEUP_PARTS, STD_CLIP, WARP_WEIGHT, FaceCache, FaceData, MakeupFaceParams, MakeupFaces, makeup_start,
-    prepare_face, warp_to_target,
+    MAKEUP_PARTS, FaceCache, FaceData, MakeupFaceParams, MakeupFaces, makeup_start, prepare_face, warp_to_target,
 )
 from editflow.engines.params import param
 from editflow.masks.face import FACE_PARTS

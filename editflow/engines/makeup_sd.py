@@ -50,7 +50,7 @@ from editflow.engines.aligned import plan_aligned_crop
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.ipadapter import IPAdapterParams, IPAdapterSDEngine, RefJob, array_key, sampler_settings
 from editflow.engines.makeup_sd_start import (  # noqa: F401  (the crop stays importable from here)
-    DEFAULT_REFERENCE_MARGIN, REFERENCE_CROP_SIZE, SDMakeupStartParams, makeup_region_crop,
+    SDMakeupStartParams, makeup_region_crop,
 )
 from editflow.engines.params import param
 from editflow.engines.window import check_request
