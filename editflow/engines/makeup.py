@@ -95,6 +95,7 @@ class BuiltinMakeupEngine(BuiltinEngine):
         return self.face_data.references
 
     def close(self) -> None:
+        super().close()
         self.face_data.close()
 
     def before(self, request: EditRequest) -> tuple[EditRequest, bool]:
