@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from editflow.engines.host import HOST_STEPS, host_step_class
 from editflow.engines.base import EditRequest, EditResult, Engine, EngineError
 from editflow.tasks import TASKS
 
@@ -37,13 +38,6 @@ ENGINES: dict[tuple[str, str], str | type[Engine]] = {
     ("ddpm", "repaint"): _DDPM,
     ("sd-ipadapter", "tryon"): "editflow.engines.tryon_sd:SDIPAdapterTryOnEngine",
     ("concat", "tryon"): "editflow.engines.tryon_sd:ConcatTryOnEngine",
-}
-
-#: (engine name, task) -> its host step (engines/host.py): CPU work before the accelerator's that
-#: the mask stage runs and the row carries to the engine ("module:Class", imported on first use;
-#: the modules import no torch, so CPU mask actors never load the network stack).
-HOST_STEPS: dict[tuple[str, str], str] = {
-    ("sd", "makeup"): "editflow.engines.makeup_sd_start:SDMakeupStart",
 }
 
 DEFAULT_ENGINE = "builtin"
@@ -77,15 +71,6 @@ def load_class(target: str | type[Engine]) -> type[Engine]:
         module_name, class_name = target.split(":")
         return getattr(importlib.import_module(module_name), class_name)
     return target
-
-
-def host_step_class(name: str, task: str) -> type | None:
-    """The host step class of engine `name` on `task` (engines/host.py), or None when it has none."""
-    target = HOST_STEPS.get((name, task))
-    if target is None:
-        return None
-    module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
 
 
 def get_engine_class(name: str, task: str | None = None) -> type[Engine]:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from editflow.engines.host import host_step_class
 from editflow.engines.params import EngineParams
 from editflow.errors import EditflowError
 from editflow.models import ModelInfo
@@ -129,8 +130,6 @@ class Engine(ABC):
 
     def host_step(self, task: str) -> Any:
         """This engine's host step for `task` (engines/host.py), built on first use; None if it has none."""
-        from editflow.engines import host_step_class  # the table lives beside the engine table
-
         steps = self.__dict__.setdefault("_host_steps", {})
         if task not in steps:
             step_class = host_step_class(self.name, task)
