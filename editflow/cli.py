@@ -59,7 +59,7 @@ def _add_switches(parser: argparse.ArgumentParser) -> None:
                    help="weights dtype (auto: bf16 on compute capability >= 8, fp16 on older GPUs, fp32 on CPU)")
     g.add_argument("--cpu-offload", action="store_true", default=None, help="model CPU offload (CUDA; less GPU memory)")
     g.add_argument("--attention-slicing", action="store_true", default=None,
-                   help="sliced attention (less memory, slower; replaces SDPA on the sliced layers)")
+                   help="sliced classic attention (with --no-sdpa only: SDPA already saves that memory, faster)")
     g.add_argument("--no-sdpa", dest="sdpa", action="store_false", default=None, help="classic attention instead of SDPA")
     g.add_argument("--vae-tiling", action="store_true", default=None, help="tiled VAE (large images)")
     g.add_argument("--micro-batch", type=int, default=None,
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _switches(args: argparse.Namespace) -> dict:
     """Engine switches: the flags, else the driver's EDITFLOW_* variables (carried to every worker)."""
-    from editflow.models import RuntimeOptions, compile_kwargs, compile_setting
+    from editflow.models import SLICING_NOT_NEEDED, RuntimeOptions, compile_kwargs, compile_setting
 
     env = RuntimeOptions.from_env()
     switches = {name: getattr(args, name) if getattr(args, name) is not None else env.get(name)
@@ -220,6 +220,9 @@ def _switches(args: argparse.Namespace) -> dict:
         switches["compile"] = compile_setting(switches["compile"])
         if switches["compile"]:
             compile_kwargs(switches["compile"])  # a mode or backend torch does not know stops here, not on every worker
+    options = RuntimeOptions.from_options(switches)
+    if options.attention_slicing and not options.slices_attention:
+        print(f"editflow: {SLICING_NOT_NEEDED}", file=sys.stderr)
     return switches
 
 

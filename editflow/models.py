@@ -30,6 +30,7 @@ network call: 1 on CPU so a row's bytes never depend on its batch mates; the who
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from collections.abc import Callable
@@ -373,6 +374,13 @@ class RuntimeOptions:
             extra={k: v for k, v in options.items() if k not in known},
         )
 
+    @property
+    def slices_attention(self) -> bool:
+        """Whether attention is sliced: asked for, and SDPA off. SDPA already computes attention in
+        blocks without the full attention matrix (as xFormers does) and faster, so slicing would
+        only replace it with diffusers' slower sliced classic attention (`SLICING_NOT_NEEDED`)."""
+        return self.attention_slicing and not self.sdpa
+
     def switch_key(self) -> tuple:
         """What a loaded pipeline depends on (engines with equal keys may share one)."""
         return (self.dtype, self.attention_slicing, self.vae_tiling, self.cpu_offload, self.sdpa, self.compile)
@@ -384,17 +392,15 @@ class RuntimeOptions:
         return 1 if str(device).startswith("cpu") else None
 
 
+#: what a run that asks for attention slicing with SDPA on is told (CLI, and the library log)
+SLICING_NOT_NEEDED = ("attention slicing is not applied while SDPA is on: SDPA already computes attention without "
+                      "the full attention matrix, and faster; add --no-sdpa (EDITFLOW_SDPA=0) to slice instead")
+
+
 def apply_switches(pipe: Any, options: RuntimeOptions, device: str) -> list[str]:
     """Apply the switches to a diffusers pipeline and move it to `device`; return what was applied."""
     applied: list[str] = []
-    if options.attention_slicing and hasattr(pipe, "enable_attention_slicing"):
-        pipe.enable_attention_slicing()
-        applied.append("attention_slicing")
-    vae = getattr(pipe, "vae", None)
-    if options.vae_tiling and vae is not None and hasattr(vae, "enable_tiling"):
-        vae.enable_tiling()
-        applied.append("vae_tiling")
-    if not options.sdpa:
+    if not options.sdpa:  # before slicing, which would otherwise be overwritten
         from diffusers.models.attention_processor import AttnProcessor
 
         for name in ("unet", "vae"):
@@ -402,6 +408,15 @@ def apply_switches(pipe: Any, options: RuntimeOptions, device: str) -> list[str]
             if module is not None and hasattr(module, "set_attn_processor"):
                 module.set_attn_processor(AttnProcessor())
         applied.append("classic_attention")
+    if options.attention_slicing and not options.slices_attention:
+        logging.getLogger(__name__).warning(SLICING_NOT_NEEDED)
+    if options.slices_attention and hasattr(pipe, "enable_attention_slicing"):
+        pipe.enable_attention_slicing()
+        applied.append("attention_slicing")
+    vae = getattr(pipe, "vae", None)
+    if options.vae_tiling and vae is not None and hasattr(vae, "enable_tiling"):
+        vae.enable_tiling()
+        applied.append("vae_tiling")
     if options.cpu_offload and str(device).startswith("cuda"):
         pipe.enable_model_cpu_offload(device=device)
         applied.append("model_cpu_offload")

@@ -208,9 +208,9 @@ def test_crop_plan_windows_and_scaling():
 
 def test_bf16_and_memory_switches_run(engine):
     """The GPU settings (bf16, attention slicing, VAE tiling, whole-batch calls) on the CPU: same code path."""
-    e = engine("sd-inpaint", dtype="bf16", attention_slicing=True, vae_tiling=True, micro_batch=2)
+    e = engine("sd-inpaint", dtype="bf16", attention_slicing=True, sdpa=False, vae_tiling=True, micro_batch=2)
     assert e.dtype == torch.bfloat16 and e.pipe.unet.dtype == torch.bfloat16
-    assert e.switches == ["attention_slicing", "vae_tiling"] and e.rows_per_call == 2
+    assert e.switches == ["classic_attention", "attention_slicing", "vae_tiling"] and e.rows_per_call == 2
     rows = [request(task, IMG, MASK, jump_length=2, jump_n_sample=2) for task in ("inpaint", "repaint")]
     for r in ok(e.edit_batch(rows)):
         assert r.image.shape == IMG.shape

@@ -194,7 +194,7 @@ def test_sliced_attention_with_ip_adapter_load_and_swap(tiny_models, tiny_ip_ada
     other = tmp_path / "ip2"
     shutil.copytree(tiny_ip_adapter, other)
     e = SDIPAdapterTryOnEngine.from_pretrained(model=str(tiny_models["sd-inpaint"]), device="cpu", ip_adapter=str(tiny_ip_adapter),
-                               attention_slicing=True)
+                               attention_slicing=True, sdpa=False)
     rows = [request("tryon", reference=g, category="upper", rid=str(i)) for i, g in enumerate((GARMENT, GARMENT_2))]
     a, b = ok(e.edit_batch(rows))
     assert not np.array_equal(a.image, b.image)  # the image prompt still reaches the UNet
@@ -216,24 +216,30 @@ def test_sliced_attention_with_ip_adapter_load_and_swap(tiny_models, tiny_ip_ada
 
 # -- 5: the safety checker never blackens a row silently ---------------------------------------
 
-class FlagEverything(torch.nn.Module):
-    """A safety checker with diffusers' call signature that flags every image (and blackens it)."""
+def flag_everything_checker():
+    """diffusers' own `StableDiffusionSafetyChecker` on a tiny CLIP, its concept thresholds set
+    below any cosine score: it flags (and blackens, as the hub checker does) every image."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self.calls = 0
-
-    def forward(self, images, clip_input):
-        self.calls += 1
-        return np.zeros_like(images), [True] * len(images)
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    checker.concept_embeds_weights.data.fill_(-2.0)  # cosine - threshold > 0 for every concept
+    return checker
 
 
 def _flagging_pipe(tmp_path):
     from transformers import CLIPImageProcessor
 
     pipe = tiny_pipe("sd-inpaint", tmp_path)
-    pipe.register_modules(safety_checker=FlagEverything(), feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
+    pipe.register_modules(safety_checker=flag_everything_checker(),
+                          feature_extractor=CLIPImageProcessor(size=32, crop_size=32))
     return pipe
 
 
@@ -721,3 +727,40 @@ def test_compile_switch_runs_inductor_on_both_paths(tiny_models):
     assert sum(counters["inductor"].values()) > 0  # inductor generated the UNet's code
     for a, b in zip(got, want):  # fused kernels round differently: equal up to a grey level
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+# -- 10: attention slicing never silently replaces SDPA ----------------------------------------
+
+def test_attention_slicing_keeps_sdpa_and_says_so(tmp_path, caplog):
+    """SDPA already computes attention without the full matrix; slicing would swap it for slower
+    classic attention. Asked for with SDPA on, slicing is not applied and the run is told why;
+    with SDPA off (`--no-sdpa`) every layer is sliced and stays sliced."""
+    from diffusers.models.attention_processor import AttnProcessor2_0, SlicedAttnProcessor
+
+    from editflow.engines.sd import SDEngine
+    from editflow.models import SLICING_NOT_NEEDED
+
+    with caplog.at_level("WARNING", logger="editflow.models"):
+        e = SDEngine(tiny_pipe("sd-inpaint", tmp_path), device="cpu", attention_slicing=True)
+    procs = e.pipe.unet.attn_processors.values()
+    assert procs and all(isinstance(p, AttnProcessor2_0) for p in procs)
+    assert "attention_slicing" not in e.switches and SLICING_NOT_NEEDED in caplog.text
+    ok(e.edit_batch([request("repaint", jump_length=2, jump_n_sample=2)]))
+
+    sliced = SDEngine(tiny_pipe("sd-inpaint", tmp_path / "b"), device="cpu", attention_slicing=True, sdpa=False)
+    procs = sliced.pipe.unet.attn_processors.values()
+    assert all(isinstance(p, SlicedAttnProcessor) for p in procs)  # --no-sdpa's classic processors don't undo it
+    assert sliced.switches == ["classic_attention", "attention_slicing"]
+
+
+def test_cli_tells_a_slicing_request_under_sdpa(capsys, monkeypatch):
+    from editflow.cli import build_parser, _switches
+    from editflow.models import SLICING_NOT_NEEDED
+
+    monkeypatch.delenv("EDITFLOW_SDPA", raising=False)
+    monkeypatch.delenv("EDITFLOW_ATTENTION_SLICING", raising=False)
+    args = build_parser().parse_args(["run", "m.jsonl", "-o", "out", "--attention-slicing"])
+    assert _switches(args)["attention_slicing"] is True
+    assert SLICING_NOT_NEEDED in capsys.readouterr().err
+    _switches(build_parser().parse_args(["run", "m.jsonl", "-o", "out", "--attention-slicing", "--no-sdpa"]))
+    assert SLICING_NOT_NEEDED not in capsys.readouterr().err

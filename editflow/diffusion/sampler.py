@@ -26,8 +26,10 @@ Every diffusion edit in editflow runs through `masked_sample`; only the denoiser
 Mask convention: 1 = edit (diffusers' "white = repaint"); RePaintScheduler's 1 = keep convention is
 never used here, only its jump order.
 
-Randomness: row i draws all of its noise from `generators[i]` (on the CPU, then moved to the
-device), so a row gives the same result alone or inside any batch, on any device count.
+Randomness: row i draws all of its noise from `generators[i]` on the CPU, so a row gives the same
+result alone or inside any batch, on any device count. The noise of many steps is drawn ahead and
+sent to the device in one non-blocking copy (editflow.diffusion.noise.NoiseTape), so no step waits
+for the host; the step math reads its schedule scalars on the CPU for the same reason.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, RePaintScheduler
 
 from editflow.diffusion.denoiser import Denoiser
+from editflow.diffusion.noise import NoiseTape
 
 __all__ = [
     "SamplerConfig",
@@ -206,19 +209,25 @@ def _alpha_bars(scheduler: DDIMScheduler | DDPMScheduler) -> Callable[[int], tor
     return lambda t: table[t] if t >= 0 else final
 
 
-def _randn(
-    generators: Sequence[torch.Generator], like: torch.Tensor
-) -> torch.Tensor:
-    """Standard normal noise shaped like `like`, row i from generators[i] on the CPU, then moved."""
-    shape = (1, *like.shape[1:])
-    rows = [torch.randn(shape, generator=g, dtype=torch.float32) for g in generators]
-    return torch.cat(rows).to(device=like.device, dtype=like.dtype)
-
-
 def _noised(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """q(x_t | x_0) sample: sqrt(abar) x0 + sqrt(1 - abar) noise (diffusers' add_noise formula)."""
-    a = alpha_bar.to(device=x0.device, dtype=x0.dtype)
+    """q(x_t | x_0) sample: sqrt(abar) x0 + sqrt(1 - abar) noise (diffusers' add_noise formula).
+
+    `alpha_bar` stays a CPU scalar: the device kernels take its value without a host->device copy."""
+    a = alpha_bar.to(dtype=x0.dtype)
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def _noise_draws(plan: SamplerPlan, config: SamplerConfig, sample_dtype: torch.dtype) -> tuple[list[torch.dtype], int | None]:
+    """The dtypes of every noise tensor the chain takes, in order (see `NoiseTape`), and the tape's
+    window: None (many steps at once) unless diffusers' step draws noise from the row generators
+    itself (DDPM), which fixes the draw order step by step (window 1: each tensor just in time)."""
+    variance = config.scheduler == "ddim" and config.eta > 0  # drawn as diffusers' randn_tensor: sample dtype
+    draws = [torch.float32]  # the start
+    for tr in plan.transitions:
+        if tr.kind == "denoise" and variance:
+            draws.append(sample_dtype)
+        draws.append(torch.float32)  # the known region's fresh noise, or the undo's
+    return draws, (None if config.scheduler == "ddim" else 1)
 
 
 def _as_batch(name: str, value: torch.Tensor | Sequence[torch.Tensor], channels: int) -> torch.Tensor:
@@ -299,17 +308,19 @@ def masked_sample(
     # the SDEdit start matters below strength 1 only (pure noise at 1): no VAE encode of `init` there
     start = x0 if init is None or config.strength == 1.0 else m * denoiser.encode(init.to(images)) + (1 - m) * x0
 
-    noise = _randn(generators, x0)
+    draws, window = _noise_draws(plan, config, x0.dtype)
+    tape = NoiseTape(generators, x0, draws, window=window)
+    noise = tape.next()
     if config.strength == 1.0:
         # diffusers' inpaint pipeline at strength 1 (is_strength_max): pure noise, not add_noise at t_max.
         x = noise * scheduler.init_noise_sigma
     else:
         x = scheduler.add_noise(start, noise, torch.tensor([plan.t_start]))
 
-    # DDIM takes eta; both draw their step noise per row from the row generators (diffusers' randn_tensor).
-    step_kwargs: dict[str, Any] = {"generator": list(generators)}
-    if config.scheduler == "ddim":
-        step_kwargs["eta"] = config.eta
+    # DDIM takes eta and its variance noise from the tape; DDPM draws its step noise per row from the
+    # row generators itself (diffusers' randn_tensor).
+    variance = config.scheduler == "ddim" and config.eta > 0
+    step_kwargs: dict[str, Any] = {"eta": config.eta} if config.scheduler == "ddim" else {"generator": list(generators)}
     nfe = 0
     for tr in plan.transitions:
         if tr.kind == "denoise":
@@ -318,16 +329,18 @@ def masked_sample(
             abar = torch.full((batch,), float(alpha_bar(t)), dtype=torch.float32, device=x.device)
             out = denoiser.predict(x, t_batch, abar, condition)
             nfe += 1
+            if variance:
+                step_kwargs["variance_noise"] = tape.next()
             x = scheduler.step(out.to(x.dtype), t, x, **step_kwargs).prev_sample
             # RePaint: the known region is the original at the level just reached, fresh noise each time.
-            known = _noised(x0, _randn(generators, x0), alpha_bar(tr.t_to))
+            known = _noised(x0, tape.next(), alpha_bar(tr.t_to))
             x = m * x + (1 - m) * known
             if callback is not None:
                 callback(nfe - 1, total, t)
         else:
             # Undo: q(x_to | x_from), the composition of every single train step between the levels.
-            ratio = (alpha_bar(tr.t_to) / alpha_bar(tr.t_from)).to(x.device, x.dtype)
-            x = ratio.sqrt() * x + (1 - ratio).clamp(min=0).sqrt() * _randn(generators, x)
+            ratio = (alpha_bar(tr.t_to) / alpha_bar(tr.t_from)).to(x.dtype)  # a CPU scalar: no copy
+            x = ratio.sqrt() * x + (1 - ratio).clamp(min=0).sqrt() * tape.next()
 
     decoded = denoiser.decode(x).to(device=images.device, dtype=images.dtype).clamp(-1, 1)
     if decoded.shape != images.shape:

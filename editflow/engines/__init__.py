@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from editflow.engines.host import HOST_STEPS, host_step_class
 from editflow.engines.base import EditRequest, EditResult, Engine, EngineError
 from editflow.tasks import TASKS
 
@@ -86,6 +87,7 @@ def engine_classes() -> list[tuple[str, list[str], type[Engine]]]:
 
 
 __all__ = [
-    "DEFAULT_ENGINE", "ENGINES", "TASKS", "EditRequest", "EditResult", "Engine", "EngineError",
-    "engine_classes", "engine_names", "engine_tasks", "engine_target", "get_engine_class", "load_class",
+    "DEFAULT_ENGINE", "ENGINES", "HOST_STEPS", "TASKS", "EditRequest", "EditResult", "Engine", "EngineError",
+    "engine_classes", "engine_names", "engine_tasks", "engine_target", "get_engine_class", "host_step_class",
+    "load_class",
 ]

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: planning a crop needs none (CPU mask stage)
+    import torch
 
 __all__ = ["AlignedCrop", "plan_aligned_crop", "eye_centres"]
 
@@ -47,12 +50,16 @@ class AlignedCrop:
 
     def image(self, image: np.ndarray) -> torch.Tensor:
         """H×W×3 uint8 -> [1, 3, size, size] in [-1, 1] (edges repeated where the crop leaves the image)."""
+        import torch
+
         crop = cv2.warpAffine(image, self.matrix, (self.size, self.size), flags=cv2.INTER_CUBIC,
                               borderMode=cv2.BORDER_REPLICATE)
         return torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0
 
     def mask(self, mask: np.ndarray) -> torch.Tensor:
         """H×W (1 = edit) -> [1, 1, size, size], bilinear (0 outside the image)."""
+        import torch
+
         m = cv2.warpAffine(np.asarray(mask, np.float32), self.matrix, (self.size, self.size), flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return torch.from_numpy(np.clip(m, 0, 1))[None, None]
@@ -62,6 +69,8 @@ class AlignedCrop:
 
         Only pixels the crop covers change; with `mask`, only pixels where mask > 0 (others keep
         the original's exact values)."""
+        import torch
+
         x = result.detach().to("cpu", torch.float32)
         x = x[0] if x.dim() == 4 else x
         crop = ((x.permute(1, 2, 0).numpy() / 2 + 0.5).clip(0, 1) * 255).round().astype(np.uint8)

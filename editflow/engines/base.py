@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from editflow.engines.host import host_step_class
 from editflow.engines.params import EngineParams
 from editflow.errors import EditflowError
 from editflow.models import ModelInfo
@@ -50,6 +51,9 @@ class EditRequest:
     #: facts the mask stage found in `image`, so the engine does not look again:
     #: face landmarks (N × 478 × 2 float32 px, largest face first), or None
     faces: np.ndarray | None = None
+    #: the engine's host step's arrays for this row (engines/host.py), computed by the mask stage;
+    #: None: the engine computes them itself (`Engine.with_host`)
+    host: dict[str, np.ndarray] | None = None
     #: `params` parsed into the engine's `Params` (set by the batch loop; None until then)
     typed_params: EngineParams | None = None
 
@@ -119,8 +123,28 @@ class Engine(ABC):
             return request.typed_params
         return self.Params.parse(request.params, self.name)
 
+    def with_host(self, request: EditRequest) -> EditRequest:
+        """`request` with its host step's arrays: as the mask stage made them, else made here (the
+        same step, so the bytes are the same); unchanged when the engine has no host step."""
+        if request.host is not None:
+            return request
+        step = self.host_step(request.task)
+        return request if step is None else dataclasses.replace(request, host=step.run(request))
+
+    def host_step(self, task: str) -> Any:
+        """This engine's host step for `task` (engines/host.py), built on first use; None if it has none."""
+        steps = self.__dict__.setdefault("_host_steps", {})
+        if task not in steps:
+            step_class = host_step_class(self.name, task)
+            steps[task] = None if step_class is None else step_class(**self.options)
+        return steps[task]
+
     def close(self) -> None:
-        """Free what the engine holds beyond memory (detectors, native handles); called when a worker ends."""
+        """Free what the engine holds beyond memory (detectors, native handles); called when a worker ends.
+        Subclasses that override it call ``super().close()``."""
+        for step in self.__dict__.pop("_host_steps", {}).values():
+            if step is not None:
+                step.close()
 
     @abstractmethod
     def edit_batch(self, requests: list[EditRequest]) -> list[EditResult | Exception]:

@@ -553,7 +553,7 @@ class IPAdapterSDEngine(SDEngine):
 
     def _load_adapter(self, spec: IPAdapterSpec) -> IPAdapter:
         return IPAdapter(self.pipe, spec, self.device, self.dtype,
-                         sliced=self.runtime.attention_slicing, sdpa=self.runtime.sdpa)
+                         sliced=self.runtime.slices_attention, sdpa=self.runtime.sdpa)
 
     def spec_for(self, request: EditRequest) -> IPAdapterSpec:
         return IPAdapterSpec.from_params(self.params_of(request).given(), self.options)

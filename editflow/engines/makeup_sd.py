@@ -2,12 +2,14 @@
 a colour-transfer start, then masked latent SDEdit with an IP-Adapter image prompt of the
 reference's makeup regions and, optionally, a face-landmark ControlNet.
 
-Per row:
+Per row (steps 1-2 and step 5's crop are the engine's host step, engines/makeup_sd_start.py: the mask stage runs
+them on CPU, on Ray in CPU actors apart from the GPU edit actors, and the row carries the result;
+the engine runs them itself only for a row that comes without it):
 
 1. **Faces**: the reference's and the image's face meshes (MediaPipe, cached per worker by
    `reference_key` / `image_key`); no face in either is a row error.
 2. **Start**: the builtin makeup's region-wise colour transfer from the reference face
-   (`editflow.engines.makeup.makeup_start`), parts from ``params.parts`` (``"lips+eyes"`` or a
+   (`editflow.engines.makeup_start.makeup_start`), parts from ``params.parts`` (``"lips+eyes"`` or a
    list) or else every part of the image's face lying mostly inside the row's mask.
 3. **Mask**: the row's mask minus the eye openings and irises (face mesh: `eye_opening`), so the
    eyeballs keep their exact pixels whatever the mask (``params.protect_eyes: false`` to allow).
@@ -41,14 +43,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from editflow.engines.aligned import plan_aligned_crop
 from editflow.engines.base import EditRequest, EditResult, EngineError
 from editflow.engines.ipadapter import IPAdapterParams, IPAdapterSDEngine, RefJob, array_key, sampler_settings
-from editflow.engines.makeup import MakeupFaceParams, MakeupFaces, makeup_start
+from editflow.engines.makeup_sd_start import (  # noqa: F401  (the crop stays importable from here)
+    SDMakeupStartParams, makeup_region_crop,
+)
 from editflow.engines.params import param
 from editflow.engines.window import check_request
 
@@ -60,21 +63,7 @@ DEFAULT_STEPS = 30
 DEFAULT_STRENGTH = 0.5
 DEFAULT_GUIDANCE = 5.0
 DEFAULT_FACE_MARGIN = 0.25  # of the face box, each side, around the target face
-DEFAULT_REFERENCE_MARGIN = 0.15
-REFERENCE_CROP_SIZE = 256  # the CLIP processor resizes to its own size (224 for h94's ViT-H)
 DEFAULT_CONTROLNET_SCALE = 1.0
-
-
-def makeup_region_crop(image: np.ndarray, points: np.ndarray, margin: float = DEFAULT_REFERENCE_MARGIN,
-                       size: int = REFERENCE_CROP_SIZE) -> np.ndarray:
-    """The reference's makeup regions (brows, eyes, lips), eye line level, in a size×size crop."""
-    from editflow.masks.face import topology
-
-    topo = topology()
-    index = sorted({i for loop in topo.eyes for i in loop} | {i for c in topo.lips for i in c}
-                   | {i for brow in topo.brows for edge in brow for i in edge})
-    crop = plan_aligned_crop(points, size, margin, box_points=points[index])
-    return cv2.warpAffine(image, crop.matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
 
 
 @dataclass
@@ -93,12 +82,11 @@ class MakeupJob(RefJob):
 
 
 @dataclass(frozen=True)
-class SDMakeupParams(IPAdapterParams, MakeupFaceParams):
+class SDMakeupParams(IPAdapterParams, SDMakeupStartParams):
     """Row params of the `sd` makeup: the IP-Adapter's and sampler's, the start's, the face crop's, the ControlNet's."""
 
     face_size: int | None = param(None, "side of the eye-level face crop the model sees (default: the model's resolution)")
     face_margin: float = param(DEFAULT_FACE_MARGIN, "margin around the target face box, each side, fraction of the box")
-    reference_margin: float = param(DEFAULT_REFERENCE_MARGIN, "margin of the reference's makeup-regions crop")
     protect_eyes: bool = param(True, "never repaint the eye openings")
     controlnet: str | None = param(None, "a face-landmark ControlNet (hub id or folder; or the engine option)")
     controlnet_scale: float = param(DEFAULT_CONTROLNET_SCALE, "ControlNet residual scale")
@@ -123,43 +111,19 @@ class SDMakeupEngine(IPAdapterSDEngine):
 
     def __init__(self, pipe: Any, model: str = "in-memory", device: str | None = None, **options: Any) -> None:
         super().__init__(pipe, model=model, device=device, **options)
-        self.face_data = MakeupFaces(options)  # the builtin makeup's prepared faces (landmarks, part masks)
         self.controlnets: dict[str, Any] = {}
-
-    def close(self) -> None:
-        self.face_data.close()
-
-    def faces(self, request: EditRequest):
-        ref, tgt, _, _ = self.face_data.prepare(request, self.params_of(request), choose_parts=False)
-        return ref, tgt
 
     def start(self, request: EditRequest) -> tuple[np.ndarray, np.ndarray, str]:
         """(start image, reference makeup-regions crop, crop cache key) for a makeup row.
 
         The start is the builtin makeup's region-wise colour transfer (`makeup_start`) with the same
-        faces and parts; no face in the reference (or the image) is a row error (NoFaceError)."""
-        import cv2
-
-        # OpenCV's worker pool spinning beside torch's threads slows the start's scipy mesh warp ~100x
-        # on a small CPU (measured: 0.1 s -> 10-30 s at 256 px); the start runs on one OpenCV thread.
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            return self._start(request)
-        finally:
-            cv2.setNumThreads(threads)
-
-    def _start(self, request: EditRequest) -> tuple[np.ndarray, np.ndarray, str]:
+        faces and parts, made by the host step (engines/makeup_sd_start.py): in the mask stage, or
+        here when the row carries none; no face in the reference (or the image) is a row error
+        (NoFaceError)."""
+        host = self.with_host(request).host
         p = self.params_of(request)
-        ref, tgt, parts, _ = self.face_data.prepare(request, p)
-        start = np.asarray(makeup_start(request.image, request.reference, parts, target_face=tgt, reference_face=ref,
-                                        warp_weight=p.warp_weight))
-        if start.shape != request.image.shape:
-            raise EngineError(f"makeup start is {start.shape}, expected {request.image.shape}")
-        margin = float(p.reference_margin)
-        crop = makeup_region_crop(request.reference, ref.face.points, margin)
-        key = f"{request.reference_key or array_key(request.reference)}:regions:{p.reference_face}:{margin:.4f}"
-        return start.astype(np.uint8, copy=False), crop, key
+        key = f"{request.reference_key or array_key(request.reference)}:regions:{p.reference_face}:{float(p.reference_margin):.4f}"
+        return host["start"], host["reference_crop"], key
 
     def controlnet(self, spec: str) -> Any:
         if spec not in self.controlnets:
@@ -180,17 +144,18 @@ class SDMakeupEngine(IPAdapterSDEngine):
             raise EngineError(f"the makeup reference must be H×W×3 uint8, got {ref.shape} {ref.dtype}")
         p = self.params_of(request)
         spec = self.spec_for(request)
+        request = self.with_host(request)  # the CPU start work, unless the mask stage did it
         start, crop, crop_key = self.start(request)
-        _, tgt = self.faces(request)
+        face = request.host["face"]
         mask = request.mask
         if p.protect_eyes:
-            mask = np.where(tgt.parts["eye_opening"], 0, mask).astype(mask.dtype, copy=False)
+            mask = np.where(request.host["eye_opening"], 0, mask).astype(mask.dtype, copy=False)
             if not (mask > 0).any():
                 raise EngineError("the mask covers only the eye openings, which makeup leaves alone")
         size = int(p.face_size if p.face_size is not None else self.resolution)
         if size < self.multiple or size % self.multiple:
             raise EngineError(f"params.face_size must be a positive multiple of {self.multiple}, got {size}")
-        plan = plan_aligned_crop(tgt.face.points, size, float(p.face_margin),
+        plan = plan_aligned_crop(face, size, float(p.face_margin),
                                  region=mask > 0)
         s = sampler_settings(request, p, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH)
         request = dataclasses.replace(request, prompt=request.prompt or DEFAULT_PROMPT)
@@ -203,7 +168,7 @@ class SDMakeupEngine(IPAdapterSDEngine):
 
             job.controlnet = str(controlnet)
             job.control_scale = float(p.controlnet_scale)
-            job.control = condition_tensor(draw_face_mesh(plan.points(tgt.face.points), size))
+            job.control = condition_tensor(draw_face_mesh(plan.points(face), size))
         return job
 
     def _run(self, jobs: list[Any]) -> list[EditResult]:

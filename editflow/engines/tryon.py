@@ -390,6 +390,7 @@ class BuiltinTryOnEngine(BuiltinEngine):
         return self.bodies.get_or_make(request.image_key, detect)[0]
 
     def close(self) -> None:
+        super().close()
         if self._pose is not None:
             self._pose.close()
             self._pose = None

@@ -89,9 +89,13 @@ class EditActor:
         rows = table_to_rows(batch)
         return rows_to_table(self.edit(self.mask(rows) if self.mask is not None else rows))
 
+    def __del__(self) -> None:  # Ray Data deletes the UDF when the pool shuts down gracefully
+        close_stages([stage for stage in (self.mask, self.edit) if stage is not None])
+
 
 class MaskActor:
-    """The mask stage on CPU actors (landmark models and mask caches load once per actor)."""
+    """The mask stage on CPU actors (landmark models, mask caches and the engines' host steps load
+    once per actor)."""
 
     def __init__(self, config: RunConfig) -> None:
         self.mask = MaskStage(config)
@@ -99,8 +103,8 @@ class MaskActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return rows_to_table(self.mask(table_to_rows(batch)))
 
-    def __del__(self) -> None:  # Ray Data deletes the UDF when the pool shuts down gracefully
-        close_stages([self.mask, self.edit])
+    def __del__(self) -> None:
+        close_stages([self.mask])
 
 
 def write_batch(batch: pa.Table, config: RunConfig, counter: Any = None) -> pa.Table:

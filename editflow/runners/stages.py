@@ -1,7 +1,8 @@
 """The four stages of an edit: prepare -> mask -> edit -> write, over batches of rows.
 
 A row is a dict: the raw manifest cells under "manifest", the result columns at the top level,
-and in-flight arrays under "_image", "_mask", "_reference", "_output". Every stage catches errors
+and in-flight arrays under "_image", "_mask", "_reference", "_output" (and what the mask stage
+found or made for the engine: "_faces", "_host"; see PAYLOAD_KEYS). Every stage catches errors
 per row, marks that row (status "error", the stage, the exception type and a readable message)
 and passes rows that already failed through untouched. Stages are plain Python: the local runner
 calls them directly and the Ray runner wraps them in `map_batches`.
@@ -24,7 +25,7 @@ import numpy as np
 from editflow import storage
 from editflow.version import __version__
 from editflow.config import RunConfig
-from editflow.engines import EditRequest, Engine, engine_target, get_engine_class
+from editflow.engines import HOST_STEPS, EditRequest, Engine, engine_target, get_engine_class, host_step_class
 from editflow.engines.base import NSFWContentError, composite_unmasked, unmasked_max_diff
 from editflow.infotext import format_infotext
 from editflow.manifest import EditRow, RowError, parse_row
@@ -37,9 +38,11 @@ from editflow.media import (
 )
 
 Row = dict[str, Any]
-#: in-flight arrays; "_faces" = face landmarks the mask stage found (N × 478 × 2), for the engine
-PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output", "_icc", "_faces")
-BYTES_PAYLOAD_KEYS = ("_icc",)  # in-flight bytes (the input's ICC profile); the others are arrays
+#: in-flight arrays; "_faces" = face landmarks the mask stage found (N × 478 × 2), for the engine;
+#: "_host" = the arrays of the engine's host step (engines/host.py) the mask stage ran, by name
+PAYLOAD_KEYS = ("_image", "_mask", "_reference", "_output", "_icc", "_faces", "_host")
+BYTES_PAYLOAD_KEYS = ("_icc",)  # in-flight bytes (the input's ICC profile)
+NAMED_PAYLOAD_KEYS = ("_host",)  # in-flight dicts of named arrays; the other keys hold one array each
 MAX_ERROR_CHARS = 1000
 
 
@@ -94,6 +97,20 @@ def _parsed(row: Row) -> EditRow:
     if edit is None:
         edit = row["_edit"] = parse_row(row["manifest"])
     return edit
+
+
+def row_request(row: Row) -> EditRequest:
+    """The engine's view of a row that has its image and final mask (what the mask stage found
+    and the host arrays it made included)."""
+    edit = _parsed(row)
+    return EditRequest(
+        id=edit.id, task=edit.task, image=row["_image"], mask=row["_mask"], seed=edit.seed,
+        reference=row.get("_reference"), prompt=edit.prompt, negative_prompt=edit.negative_prompt,
+        steps=edit.steps, strength=edit.strength, guidance_scale=edit.guidance_scale,
+        jump_length=edit.jump_length, jump_n_sample=edit.jump_n_sample, category=edit.category,
+        params=edit.params, image_key=row.get("input_sha256"), reference_key=row.get("reference_sha256"),
+        faces=row.get("_faces"), host=row.get("_host"),
+    )
 
 
 class Stage(ABC):
@@ -165,7 +182,8 @@ def resolve_auto(spec: MaskSpec, edit: EditRow) -> MaskSpec:
 
 
 class MaskStage(Stage):
-    """Make the row's float mask (1 = edit) at the image's size, then grow and feather it."""
+    """Make the row's float mask (1 = edit) at the image's size, then grow and feather it; then run
+    the host step of the row's engine, if it has one (its CPU work before the accelerator's)."""
 
     name = "mask"
 
@@ -173,6 +191,7 @@ class MaskStage(Stage):
         super().__init__(config)
         self.policy = config.media_policy()
         self._auto = None  # model-backed masks: made on first use, kept for the actor's life
+        self.host_steps: dict[str, Any] = {}  # "module:Class" -> host step, built on first use
 
     @property
     def auto(self):
@@ -209,12 +228,32 @@ class MaskStage(Stage):
         row["_mask"] = mask.astype(np.float32)
         row["mask_spec"] = spec.text
         row["mask_area"] = ops.area_fraction(mask)
+        self.run_host_step(row, edit)
         row["t_mask_s"] = time.perf_counter() - started
+
+    def run_host_step(self, row: Row, edit: EditRow) -> None:
+        """The row's engine's host step (engines/host.py), its arrays carried as "_host". A step that
+        fails leaves the row without them: the engine runs it again and reports the row's error
+        (stage, type and message as when the engine does all the work)."""
+        target = HOST_STEPS.get((edit.engine or self.config.engine, edit.task))
+        if target is None:
+            return
+        try:
+            step = self.host_steps.get(target)
+            if step is None:
+                step_class = host_step_class(edit.engine or self.config.engine, edit.task)
+                step = self.host_steps[target] = step_class(cache=self.config.cache, **self.config.engine_options())
+            row["_host"] = step.run(row_request(row))
+        except Exception:  # the engine's to report (see above)
+            pass
 
     def close(self) -> None:
         if self._auto is not None:
             self._auto.close()
             self._auto = None
+        steps, self.host_steps = self.host_steps, {}
+        for step in steps.values():
+            step.close()
 
 
 class EditStage(Stage):
@@ -266,7 +305,7 @@ class EditStage(Stage):
 
     def _run(self, engine: Engine, name: str, rows: list[Row]) -> None:
         started = time.perf_counter()
-        requests = [self._request(row) for row in rows]
+        requests = [row_request(row) for row in rows]
         try:
             results = engine.edit_batch(requests)
         except Exception as exc:
@@ -299,18 +338,6 @@ class EditStage(Stage):
                 device=engine.device_name, t_edit_s=elapsed,
                 torch_version=_version("torch"), diffusers_version=_version("diffusers"),
             )
-
-    @staticmethod
-    def _request(row: Row) -> EditRequest:
-        edit = _parsed(row)
-        return EditRequest(
-            id=edit.id, task=edit.task, image=row["_image"], mask=row["_mask"], seed=edit.seed,
-            reference=row.get("_reference"), prompt=edit.prompt, negative_prompt=edit.negative_prompt,
-            steps=edit.steps, strength=edit.strength, guidance_scale=edit.guidance_scale,
-            jump_length=edit.jump_length, jump_n_sample=edit.jump_n_sample, category=edit.category,
-            params=edit.params, image_key=row.get("input_sha256"), reference_key=row.get("reference_sha256"),
-            faces=row.get("_faces"),
-        )
 
 
 class WriteStage(Stage):
