@@ -310,18 +310,24 @@ def test_bf16_only_on_compute_capability_8(monkeypatch, capability, want):
 
 # -- 9: out of memory: split and retry, fail only what does not fit ----------------------------
 
+def oom_above(unet, rows: int) -> tuple[list[int], object]:
+    """Make `unet` raise torch's out-of-memory error on any call over `rows` batch entries;
+    returns the batch sizes it saw and the hook's handle."""
+    seen: list[int] = []
+
+    def hook(module, args, kwargs):
+        seen.append(int(args[0].shape[0]))
+        if args[0].shape[0] > rows:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    return seen, unet.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def test_oom_splits_the_group_and_retries(tiny_models):
     from editflow.engines.sd import SDEngine
 
     e = SDEngine.from_pretrained(model=str(tiny_models["sd"]), device="cpu", micro_batch=4)
-    seen = []
-
-    def hook(module, args, kwargs):
-        seen.append(int(args[0].shape[0]))
-        if args[0].shape[0] > 2:  # room for one row with CFG
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    handle = e.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    seen, handle = oom_above(e.pipe.unet, 2)  # room for one row with CFG
     try:
         rows = [request("repaint", seed=i, rid=str(i), steps=2) for i in range(3)]
         results = ok(e.edit_batch(rows))
@@ -338,14 +344,7 @@ def test_oom_split_size_is_remembered_for_the_next_batches(tiny_models, caplog):
     from editflow.engines.sd import SDEngine
 
     e = SDEngine.from_pretrained(model=str(tiny_models["sd"]), device="cpu", micro_batch=4)
-    seen = []
-
-    def hook(module, args, kwargs):
-        seen.append(int(args[0].shape[0]))
-        if args[0].shape[0] > 2:  # room for one row with CFG
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    e.pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    seen, _ = oom_above(e.pipe.unet, 2)  # room for one row with CFG
     with caplog.at_level("WARNING", logger="editflow.engines.base"):
         ok(e.edit_batch([request("repaint", seed=i, rid=str(i), steps=2) for i in range(3)]))
         assert max(seen) == 6
