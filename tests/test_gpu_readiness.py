@@ -543,6 +543,25 @@ def test_sdedit_start_is_not_encoded_at_strength_one(tiny_models):
     assert calls.rows["encoder"] == 1
 
 
+def test_whole_group_unet_calls_decode_a_few_rows_at_a_time(tiny_models):
+    """On GPU the UNet takes the whole group in one call, but a VAE decode holds many times a UNet
+    step's activations per row: it never takes the whole group (VAE_ROWS rows per call)."""
+    from editflow.diffusion.sampler import SamplerConfig, masked_sample
+    from editflow.diffusion.unets import VAE_ROWS, LatentCondition, LatentUNetDenoiser
+    from editflow.engines.sd import SDEngine
+
+    e = SDEngine.from_pretrained(model=str(tiny_models["sd"]), device="cpu")
+    d = LatentUNetDenoiser(e.pipe.unet, e.pipe.vae, rows_per_call=None)  # the GPU default: whole group
+    calls = Calls(unet=e.pipe.unet, encoder=e.pipe.vae.encoder, decoder=e.pipe.vae.decoder)
+    n = VAE_ROWS + 2
+    cond = LatentCondition(prompt_embeds=torch.zeros(n, 77, 32), negative_embeds=None, guidance_scale=1.0)
+    with torch.inference_mode():
+        masked_sample(d, torch.zeros(n, 3, 64, 64), torch.ones(n, 1, 64, 64),
+                      [torch.Generator().manual_seed(i) for i in range(n)], SamplerConfig(steps=2), condition=cond)
+    assert calls.sizes["unet"] == [n, n]
+    assert calls.sizes["decoder"] == [VAE_ROWS, 2] and calls.sizes["encoder"] == [VAE_ROWS, 2]
+
+
 # -- 9: one loaded model per worker for sd, sd makeup and sd-ipadapter --------------------------
 
 def test_engines_of_one_model_share_one_pipeline_and_keep_their_bytes(tmp_path, tiny_models, tiny_ip_adapter):
